@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the system packages vmshift and its tests need on Debian 12 (idempotent).
+# qemu-utils and qemu-system-x86 must come from the same release: images that ship a newer
+# qemu-utils make a plain `apt-get install qemu-system-x86` fail, so both are pinned to the
+# candidate version of qemu-system-x86 (a downgrade where a newer qemu-utils is installed).
+set -euo pipefail
+need=()
+have_qemu_pair() {
+  command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null || return 1
+  [ "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)" = \
+    "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null)" ]
+}
+have_qemu_pair || need+=(qemu)
+for bin in mkfs.ext4:e2fsprogs busybox:busybox-static cpio:cpio nbdkit:nbdkit nbdcopy:libnbd-bin \
+           python3:python3 zstd:zstd xz:xz-utils gzip:gzip gcc:gcc strings:binutils \
+           dpkg-deb:dpkg; do
+  command -v "${bin%%:*}" >/dev/null || need+=("${bin#*:}")
+done
+# the test guest's stamper is linked statically (scripts/build-guest.sh)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+pkgs=()
+for p in "${need[@]}"; do
+  if [ "$p" = qemu ]; then
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+    [ -n "$v" ] && [ "$v" != "(none)" ] || { echo "install-deps: no qemu-system-x86 package in the apt sources" >&2; exit 1; }
+    pkgs+=("qemu-utils=$v" "qemu-system-x86=$v" "qemu-system-common=$v" "qemu-block-extra=$v")
+  else
+    pkgs+=("$p")
+  fi
+done
+$SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades "${pkgs[@]}" >/dev/null
+echo "install-deps: installed ${pkgs[*]}"
