@@ -1,0 +1,18 @@
+//! vmshift core: the job model, plan/check decisions, capacity math and report types.
+//!
+//! Everything here is pure: no files, no sockets, no clocks except where a caller passes
+//! timestamps in. The I/O edges (`vmshift-image`, `vmshift-copy`, `vmshift-qmp`,
+//! `vmshift-journal`) gather facts into the plain structs defined here, and the decisions
+//! (is there room, is the source safe to read, what will the target look like) are made by
+//! the functions in [`plan`] and [`capacity`].
+
+pub mod capacity;
+pub mod extent;
+pub mod job;
+pub mod plan;
+pub mod report;
+pub mod size;
+
+pub use extent::{Extent, ExtentKind};
+pub use job::{JobId, JobKind, JobStatus, Phase};
+pub use size::{format_bytes, parse_size, SizeError};

@@ -1,0 +1,352 @@
+//! The job report: the JSON contract (DESIGN.md §7) and its Markdown rendering for people.
+//!
+//! Sizes are bytes, durations milliseconds, rates bytes per second.
+
+use crate::job::{JobKind, JobStatus, Phase};
+use crate::size::format_bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// One side of a migration: where an image is and what it looks like.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageSide {
+    /// Absolute path of the image file.
+    pub path: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+    /// Bytes the file occupies on its filesystem (`st_blocks * 512`).
+    pub allocated_bytes: u64,
+    /// Backing files this image refers to, top first (empty when flat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backing_chain: Vec<String>,
+}
+
+/// One phase's timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    /// Phase name ([`Phase::as_str`]).
+    pub name: Phase,
+    /// RFC 3339 UTC start time.
+    pub started_at: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Outcome of the verify phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Digest construction, e.g. `blake3-sparse-1MiB` (see `vmshift-copy::digest`).
+    pub algorithm: String,
+    /// Hex digest of the source's guest-visible content (empty when skipped).
+    pub source_digest: String,
+    /// Hex digest of the target's guest-visible content (empty when skipped).
+    pub destination_digest: String,
+    /// Guest bytes covered (the virtual size).
+    pub verified_bytes: u64,
+    /// `match`, `mismatch` or `skipped`.
+    pub result: String,
+    /// First differing guest offset, when `result` is `mismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_mismatch_offset: Option<u64>,
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    /// The phase that failed.
+    pub phase: Phase,
+    /// One-line reason, naming the file and what to do.
+    pub message: String,
+}
+
+/// One disk of a live job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// QEMU device id (e.g. `vd0`) or node name.
+    pub device: String,
+    /// Image path before the move.
+    pub old_path: String,
+    /// Image path after the move.
+    pub new_path: String,
+    /// Target format.
+    pub format: String,
+    /// Bytes the mirror copied.
+    pub bytes: u64,
+    /// `background` or `write-blocking`.
+    pub copy_mode: String,
+    /// Why that copy mode ran.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub copy_mode_reason: String,
+    /// Pivot pause: `job-complete` request to job concluded, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pivot_ms: Option<u64>,
+    /// Mirror start to ready, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_ready_ms: Option<u64>,
+}
+
+/// The report every job writes (JSON is the contract; Markdown is for people).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Job id (UUID v7).
+    pub job_id: String,
+    /// `offline` or `live`.
+    pub kind: JobKind,
+    /// Final status.
+    pub status: JobStatus,
+    /// vmshift version that ran the job.
+    pub vmshift_version: String,
+    /// RFC 3339 UTC start time.
+    pub started_at: String,
+    /// Wall time of the whole job, ms.
+    pub duration_ms: u64,
+    /// The image as it was found.
+    pub source: ImageSide,
+    /// The image as it was written (or would have been).
+    pub destination: ImageSide,
+    /// Phase timings in order.
+    pub phases: Vec<PhaseTiming>,
+    /// Bytes written as data to the target in this run.
+    pub bytes_copied: u64,
+    /// Bytes not written because they were holes or zeroes.
+    pub bytes_skipped_zero: u64,
+    /// Bytes reused from an earlier interrupted run (resume).
+    #[serde(default)]
+    pub bytes_reused: u64,
+    /// Copy throughput: guest bytes processed per second of copy phase.
+    pub throughput_bytes_per_sec: u64,
+    /// Verification outcome.
+    pub verification: Verification,
+    /// `consistent`, or `crash_consistent` when the source was copied while a VM held it.
+    pub consistency: String,
+    /// `flattened`, `kept` (shallow copy over the same backing files) or `none`.
+    pub backing: String,
+    /// What changed about the image's shape (rounding, compression dropped, thick kept, …).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// Things the operator should look at.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// What still points at the old path and must change (VM configs, other images).
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Whether the source was deleted (`--delete-source`).
+    #[serde(default)]
+    pub source_deleted: bool,
+    /// Live jobs: one entry per disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskReport>,
+    /// Live jobs: the largest per-disk pivot pause, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pivot_ms: Option<u64>,
+    /// Set when the job did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+impl Report {
+    /// A report skeleton for a job that is about to start.
+    pub fn new(job_id: &str, kind: JobKind, started_at: &str) -> Self {
+        Report {
+            job_id: job_id.to_string(),
+            kind,
+            status: JobStatus::Running,
+            vmshift_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: started_at.to_string(),
+            duration_ms: 0,
+            source: ImageSide::default(),
+            destination: ImageSide::default(),
+            phases: Vec::new(),
+            bytes_copied: 0,
+            bytes_skipped_zero: 0,
+            bytes_reused: 0,
+            throughput_bytes_per_sec: 0,
+            verification: Verification {
+                algorithm: String::new(),
+                source_digest: String::new(),
+                destination_digest: String::new(),
+                verified_bytes: 0,
+                result: "skipped".into(),
+                first_mismatch_offset: None,
+            },
+            consistency: "consistent".into(),
+            backing: "none".into(),
+            notes: Vec::new(),
+            warnings: Vec::new(),
+            references: Vec::new(),
+            source_deleted: false,
+            disks: Vec::new(),
+            pivot_ms: None,
+            error: None,
+        }
+    }
+
+    /// Renders the report as Markdown for people.
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let kind = match self.kind {
+            JobKind::Offline => "offline",
+            JobKind::Live => "live",
+        };
+        let _ = writeln!(md, "# vmshift {kind} migration {}\n", self.job_id);
+        let _ = writeln!(md, "**Status: {}**\n", self.status.as_str());
+        if let Some(e) = &self.error {
+            let _ = writeln!(md, "Error in phase `{}`: {}\n", e.phase, e.message);
+        }
+        let _ = writeln!(md, "| | source | destination |\n|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| path | `{}` | `{}` |",
+            self.source.path, self.destination.path
+        );
+        let _ = writeln!(
+            md,
+            "| format | {} | {} |",
+            self.source.format, self.destination.format
+        );
+        let _ = writeln!(
+            md,
+            "| virtual size | {} ({} B) | {} ({} B) |",
+            format_bytes(self.source.virtual_size),
+            self.source.virtual_size,
+            format_bytes(self.destination.virtual_size),
+            self.destination.virtual_size
+        );
+        let _ = writeln!(
+            md,
+            "| allocated | {} | {} |",
+            format_bytes(self.source.allocated_bytes),
+            format_bytes(self.destination.allocated_bytes)
+        );
+        let _ = writeln!(
+            md,
+            "| backing chain | {} | {} |\n",
+            chain_cell(&self.source.backing_chain),
+            chain_cell(&self.destination.backing_chain)
+        );
+        let _ = writeln!(
+            md,
+            "Copied {} as data, skipped {} of zeroes/holes{}, at {}/s. Backing: {}. Consistency: {}.\n",
+            format_bytes(self.bytes_copied),
+            format_bytes(self.bytes_skipped_zero),
+            if self.bytes_reused > 0 {
+                format!(", reused {} from an earlier run", format_bytes(self.bytes_reused))
+            } else {
+                String::new()
+            },
+            format_bytes(self.throughput_bytes_per_sec),
+            self.backing,
+            self.consistency
+        );
+        let v = &self.verification;
+        let _ = writeln!(
+            md,
+            "Verification ({}): **{}** over {} guest bytes",
+            if v.algorithm.is_empty() { "none" } else { &v.algorithm },
+            v.result,
+            v.verified_bytes
+        );
+        if !v.source_digest.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n- source `{}`\n- destination `{}`",
+                v.source_digest, v.destination_digest
+            );
+        }
+        if let Some(off) = v.first_mismatch_offset {
+            let _ = writeln!(md, "\nFirst difference at guest offset {off:#x}.");
+        }
+        if !self.disks.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n| device | old path | new path | format | copy mode | ready ms | pivot ms |\n|---|---|---|---|---|---|---|"
+            );
+            for d in &self.disks {
+                let _ = writeln!(
+                    md,
+                    "| {} | `{}` | `{}` | {} | {} | {} | {} |",
+                    d.device,
+                    d.old_path,
+                    d.new_path,
+                    d.format,
+                    d.copy_mode,
+                    opt_ms(d.time_to_ready_ms),
+                    opt_ms(d.pivot_ms)
+                );
+            }
+        }
+        let _ = writeln!(md, "\n## Phases\n\n| phase | started | ms |\n|---|---|---|");
+        for p in &self.phases {
+            let _ = writeln!(md, "| {} | {} | {} |", p.name, p.started_at, p.duration_ms);
+        }
+        for (title, items) in [
+            ("Notes", &self.notes),
+            ("Warnings", &self.warnings),
+            ("References to update", &self.references),
+        ] {
+            if !items.is_empty() {
+                let _ = writeln!(md, "\n## {title}\n");
+                for i in items {
+                    let _ = writeln!(md, "- {i}");
+                }
+            }
+        }
+        md
+    }
+}
+
+fn chain_cell(chain: &[String]) -> String {
+    if chain.is_empty() {
+        "—".into()
+    } else {
+        chain
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(" → ")
+    }
+}
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "—".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_design_fields_with_snake_case_values() {
+        let mut r = Report::new("j1", JobKind::Offline, "2026-01-01T00:00:00Z");
+        r.status = JobStatus::RolledBack;
+        let v = serde_json::to_value(&r).unwrap();
+        for k in [
+            "job_id",
+            "kind",
+            "status",
+            "source",
+            "destination",
+            "phases",
+            "bytes_copied",
+            "bytes_skipped_zero",
+            "throughput_bytes_per_sec",
+            "verification",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["status"], "rolled_back");
+        assert_eq!(v["kind"], "offline");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn markdown_names_the_mismatch_offset_in_hex() {
+        let mut r = Report::new("j1", JobKind::Offline, "t");
+        r.verification.result = "mismatch".into();
+        r.verification.first_mismatch_offset = Some(0x30000);
+        assert!(r.to_markdown().contains("0x30000"));
+    }
+}
