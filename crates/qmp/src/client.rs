@@ -1,0 +1,315 @@
+//! A small synchronous QMP client: JSON lines over a Unix socket.
+//!
+//! Every command carries an `id`; replies with another id (late answers to a command that
+//! timed out) are dropped, so a slow QEMU never desynchronises the stream. Events that arrive
+//! while waiting for a reply are queued and never cause an error, whatever their name or shape.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::QmpError;
+
+/// Default timeout for one command (seconds). QEMU's main loop can stall for many seconds
+/// when a write-blocking mirror waits on a slow target (case C25), so this is generous.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One asynchronous QMP event, decoded leniently: any event name is accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Event name, e.g. `BLOCK_JOB_READY`.
+    pub name: String,
+    /// The `data` member (`Value::Null` when absent).
+    pub data: Value,
+    /// QEMU's timestamp in microseconds since the Unix epoch, when present.
+    pub timestamp_us: Option<u64>,
+    /// The host instant at which the event was read from the socket.
+    pub received: Instant,
+    /// The whole message as QEMU sent it.
+    pub raw: Value,
+}
+
+impl Event {
+    /// Decodes an event message; `None` if the message has no string `event` member.
+    pub fn from_message(raw: Value, received: Instant) -> Option<Event> {
+        let name = raw.get("event")?.as_str()?.to_owned();
+        let data = raw.get("data").cloned().unwrap_or(Value::Null);
+        let timestamp_us = raw.get("timestamp").and_then(|t| {
+            let s = t.get("seconds")?.as_u64()?;
+            let us = t.get("microseconds")?.as_u64()?;
+            s.checked_mul(1_000_000)?.checked_add(us)
+        });
+        Some(Event {
+            name,
+            data,
+            timestamp_us,
+            received,
+            raw,
+        })
+    }
+
+    /// The `data.id` or `data.device` member (the job id for job events), if any.
+    pub fn job_id(&self) -> Option<&str> {
+        self.data
+            .get("id")
+            .or_else(|| self.data.get("device"))
+            .and_then(Value::as_str)
+    }
+}
+
+/// A connected QMP session in command mode.
+#[derive(Debug)]
+pub struct Qmp {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    events: VecDeque<Event>,
+    next_id: u64,
+    timeout: Duration,
+    greeting: Value,
+}
+
+impl Qmp {
+    /// Connects to the QMP socket at `path`, retrying for up to `connect_timeout` while the
+    /// socket does not exist yet, reads the greeting and negotiates capabilities.
+    pub fn connect(path: &Path, connect_timeout: Duration) -> Result<Qmp, QmpError> {
+        let deadline = Instant::now() + connect_timeout;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(QmpError::Connect {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        };
+        let mut qmp = Qmp {
+            stream,
+            buf: Vec::new(),
+            events: VecDeque::new(),
+            next_id: 1,
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+            greeting: Value::Null,
+        };
+        let until = Instant::now() + connect_timeout.max(Duration::from_secs(5));
+        loop {
+            match qmp.read_message(until)? {
+                Some(m) if m.get("QMP").is_some() => {
+                    qmp.greeting = m;
+                    break;
+                }
+                Some(m) => qmp.queue_if_event(m),
+                None => {
+                    return Err(QmpError::Timeout {
+                        command: "greeting".into(),
+                        timeout: connect_timeout,
+                    })
+                }
+            }
+        }
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
+    }
+
+    /// The greeting QEMU sent (contains the version and capabilities).
+    pub fn greeting(&self) -> &Value {
+        &self.greeting
+    }
+
+    /// Sets the per-command reply timeout (values under 1 s are raised to 1 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout.max(Duration::from_secs(1));
+    }
+
+    /// The per-command reply timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `command` with optional `arguments` and returns its `return` value.
+    /// A QEMU error reply becomes [`QmpError::Command`]; events read meanwhile are queued.
+    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = json!({ "execute": command, "id": id });
+        if let Some(a) = arguments {
+            msg["arguments"] = a;
+        }
+        let mut line = serde_json::to_vec(&msg).map_err(|e| QmpError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        tracing::trace!(%msg, "qmp send");
+        self.stream.write_all(&line)?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let Some(m) = self.read_message(deadline)? else {
+                return Err(QmpError::Timeout {
+                    command: command.to_owned(),
+                    timeout: self.timeout,
+                });
+            };
+            if m.get("event").is_some() {
+                self.queue_if_event(m);
+                continue;
+            }
+            if m.get("id").and_then(Value::as_u64) != Some(id) {
+                tracing::debug!(%m, "dropping QMP reply to an earlier command");
+                continue;
+            }
+            if let Some(r) = m.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = m.get("error") {
+                let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                return Err(QmpError::Command {
+                    command: command.to_owned(),
+                    class: s("class"),
+                    desc: s("desc"),
+                });
+            }
+            return Err(QmpError::Protocol(format!(
+                "reply without return or error: {m}"
+            )));
+        }
+    }
+
+    /// [`Qmp::execute`] with a JSON object of arguments.
+    pub fn call(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        self.execute(command, Some(arguments))
+    }
+
+    /// Reads from the socket for up to `timeout`, queueing every event that arrives; returns
+    /// as soon as at least one new event was queued (or the timeout expired).
+    pub fn pump(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        let deadline = Instant::now() + timeout;
+        let before = self.events.len();
+        while self.events.len() == before {
+            match self.read_message(deadline)? {
+                Some(m) => self.queue_if_event(m),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes and returns every queued event, oldest first.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
+    /// Waits up to `timeout` for a queued or new event matching `pred`, removes and returns it.
+    /// Other events stay queued.
+    pub fn wait_event(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Result<Option<Event>, QmpError> {
+        let deadline = Instant::now() + timeout;
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = self.events.iter().skip(scanned).position(&mut pred) {
+                return Ok(self.events.remove(scanned + i));
+            }
+            scanned = self.events.len();
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.pump(deadline - now)?;
+        }
+    }
+
+    fn queue_if_event(&mut self, m: Value) {
+        match Event::from_message(m, Instant::now()) {
+            Some(e) => {
+                tracing::debug!(event = %e.name, data = %e.data, "qmp event");
+                self.events.push_back(e);
+            }
+            None => tracing::debug!("ignoring unexpected QMP message"),
+        }
+    }
+
+    /// Next complete JSON message, or `None` when `deadline` passes first.
+    fn read_message(&mut self, deadline: Instant) -> Result<Option<Value>, QmpError> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim();
+                if text.is_empty() {
+                    continue;
+                }
+                tracing::trace!(msg = %text, "qmp recv");
+                return serde_json::from_str(text)
+                    .map(Some)
+                    .map_err(|e| QmpError::Protocol(format!("{e}: {text}")));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = (deadline - now).max(Duration::from_millis(1));
+            self.stream.set_read_timeout(Some(wait))?;
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(QmpError::Closed),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_event_is_kept_raw() {
+        let raw = json!({"event": "SOMETHING_NEW_IN_QEMU_11", "data": {"x": [1, 2]},
+                         "timestamp": {"seconds": 2, "microseconds": 5}});
+        let e = Event::from_message(raw.clone(), Instant::now()).expect("event");
+        assert_eq!(e.name, "SOMETHING_NEW_IN_QEMU_11");
+        assert_eq!(e.timestamp_us, Some(2_000_005));
+        assert_eq!(e.raw, raw);
+        assert_eq!(e.job_id(), None);
+    }
+
+    #[test]
+    fn event_without_data_or_timestamp_decodes() {
+        let e = Event::from_message(json!({"event": "STOP"}), Instant::now()).expect("event");
+        assert_eq!(e.data, Value::Null);
+        assert_eq!(e.timestamp_us, None);
+    }
+
+    #[test]
+    fn non_event_message_is_not_an_event() {
+        assert!(Event::from_message(json!({"return": {}}), Instant::now()).is_none());
+        assert!(Event::from_message(json!({"event": 5}), Instant::now()).is_none());
+    }
+
+    #[test]
+    fn job_event_names_its_job() {
+        let e = Event::from_message(
+            json!({"event": "BLOCK_JOB_READY", "data": {"device": "vmshift-0", "type": "mirror"}}),
+            Instant::now(),
+        )
+        .expect("event");
+        assert_eq!(e.job_id(), Some("vmshift-0"));
+    }
+}

@@ -1,0 +1,44 @@
+//! Errors of the QMP client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A failure talking to QEMU over QMP.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// Connecting to the QMP socket failed.
+    #[error("cannot connect to QMP socket {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading from or writing to the socket failed.
+    #[error("QMP socket I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// QEMU closed the connection (it quit or crashed).
+    #[error("QEMU closed the QMP connection")]
+    Closed,
+    /// No reply arrived within the command timeout.
+    #[error("no reply to {command} within {timeout:?}; QEMU may be busy (raise the QMP timeout)")]
+    Timeout {
+        /// The command that timed out.
+        command: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// A message was not valid JSON or not a QMP message.
+    #[error("malformed QMP message: {0}")]
+    Protocol(String),
+    /// QEMU answered a command with an error.
+    #[error("{command} failed: {desc} ({class})")]
+    Command {
+        /// The command that failed.
+        command: String,
+        /// QEMU's error class, e.g. `GenericError`.
+        class: String,
+        /// QEMU's human-readable description.
+        desc: String,
+    },
+}
