@@ -1,0 +1,192 @@
+//! Target images: created fresh under a temporary name, written by the copy engine, synced.
+
+use crate::chain::{resolve_chain, Chain, ChainOptions, LayerFormat};
+use crate::qemu_img::{create_qcow2, Qcow2CreateSpec};
+use crate::reader::{open_chain_imago, ImagoImage};
+use crate::ImageError;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// Path to create (the temporary name).
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: LayerFormat,
+    /// Exact virtual size in bytes (raw keeps every byte; qcow2 must be a multiple of 512).
+    pub virtual_size: u64,
+    /// qcow2 cluster size in bytes.
+    pub cluster_size: u64,
+    /// Allocate every byte up front (thick source).
+    pub preallocate: bool,
+    /// qcow2 only: backing reference to record (name, format) and the resolved chain below it,
+    /// opened read-only so zero clusters over it stay distinct from unallocated ones.
+    pub backing: Option<(String, LayerFormat, Chain)>,
+}
+
+/// An open target.
+#[derive(Debug)]
+pub enum TargetImage {
+    /// A raw file written with `pwrite`; zeroes become holes (or zeroed ranges when thick).
+    Raw {
+        /// The file.
+        file: File,
+        /// Keep the allocation: zero with `FALLOC_FL_ZERO_RANGE`, never punch holes.
+        thick: bool,
+    },
+    /// A qcow2 image written through imago.
+    Qcow2 {
+        /// The image, with its backing chain attached when it has one.
+        image: ImagoImage,
+    },
+}
+
+/// Creates the target file (which must not exist) and opens it for writing.
+///
+/// # Errors
+/// [`ImageError`] naming the target: creation refused, no space, qemu-img failure.
+pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
+    let fail = |what: String| {
+        ImageError::new(
+            "target_create",
+            &spec.path,
+            what,
+            "check space and permissions at the destination",
+        )
+    };
+    match spec.format {
+        LayerFormat::Raw => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&spec.path)
+                .map_err(|e| fail(format!("cannot be created: {e}")))?;
+            file.set_len(spec.virtual_size)
+                .map_err(|e| fail(format!("cannot be sized to {} bytes: {e}", spec.virtual_size)))?;
+            if spec.preallocate && spec.virtual_size > 0 {
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, spec.virtual_size)
+                    .map_err(|e| fail(format!("cannot be preallocated: {e}")))?;
+            }
+            Ok(TargetImage::Raw {
+                file,
+                thick: spec.preallocate,
+            })
+        }
+        LayerFormat::Qcow2 => {
+            create_qcow2(&Qcow2CreateSpec {
+                path: spec.path.clone(),
+                virtual_size: spec.virtual_size,
+                cluster_size: spec.cluster_size,
+                preallocate: spec.preallocate,
+                backing: spec
+                    .backing
+                    .as_ref()
+                    .map(|(name, fmt, _)| (name.clone(), fmt.as_str().to_string())),
+            })
+            .map_err(fail)?;
+            open_qcow2_target(&spec.path, spec.backing.as_ref().map(|(_, _, c)| c))
+        }
+    }
+}
+
+/// Opens an existing qcow2 target writable, attaching `backing` (read-only) when given.
+///
+/// # Errors
+/// [`ImageError`] when imago cannot open it.
+pub fn open_qcow2_target(path: &Path, backing: Option<&Chain>) -> Result<TargetImage, ImageError> {
+    let chain = target_chain(path, LayerFormat::Qcow2, backing)?;
+    let image = open_chain_imago(&chain, true)?;
+    Ok(TargetImage::Qcow2 { image })
+}
+
+/// The chain of a target for reading it back: the target itself plus, for shallow copies,
+/// the backing layers it shares with the source.
+///
+/// # Errors
+/// [`ImageError`] when the target cannot be inspected.
+pub fn target_chain(
+    path: &Path,
+    format: LayerFormat,
+    backing: Option<&Chain>,
+) -> Result<Chain, ImageError> {
+    let mut chain = resolve_chain(
+        path,
+        &ChainOptions {
+            top_format: Some(format),
+            backing_format: None,
+        },
+    )?;
+    // A shallow target shares the source's backing layers: reuse that resolution.
+    if let Some(b) = backing {
+        chain.layers.truncate(1);
+        chain.layers.extend(b.layers.iter().cloned());
+    }
+    Ok(chain)
+}
+
+impl TargetImage {
+    /// Writes `buf` at guest `offset`.
+    ///
+    /// # Errors
+    /// The write error (ENOSPC included).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            TargetImage::Raw { file, .. } => file.write_all_at(buf, offset),
+            TargetImage::Qcow2 { image } => image.write(buf, offset),
+        }
+    }
+
+    /// Makes `[offset, offset+len)` read as zeroes, whatever it held before.
+    ///
+    /// # Errors
+    /// The error of the zeroing operation.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self {
+            TargetImage::Raw { file, thick } => {
+                use rustix::fs::{fallocate, FallocateFlags};
+                let flags = if *thick {
+                    FallocateFlags::ZERO_RANGE
+                } else {
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
+                };
+                match fallocate(file, flags, offset, len) {
+                    Ok(()) => Ok(()),
+                    Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::INVAL) => {
+                        write_zero_buffer(file, offset, len)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            TargetImage::Qcow2 { image } => image.write_zeroes(offset, len),
+        }
+    }
+
+    /// Flushes metadata caches and `fsync`s the file.
+    ///
+    /// # Errors
+    /// The flush or fsync error.
+    pub fn sync(&self) -> io::Result<()> {
+        match self {
+            TargetImage::Raw { file, .. } => file.sync_all(),
+            TargetImage::Qcow2 { image } => {
+                image.flush()?;
+                image.sync()
+            }
+        }
+    }
+}
+
+fn write_zero_buffer(file: &File, mut offset: u64, len: u64) -> io::Result<()> {
+    let zeroes = vec![0u8; 1 << 20];
+    let end = offset + len;
+    while offset < end {
+        let n = (end - offset).min(zeroes.len() as u64);
+        file.write_all_at(&zeroes[..n as usize], offset)?;
+        offset += n;
+    }
+    Ok(())
+}
