@@ -1,0 +1,316 @@
+//! The copy engine: `threads` workers pull work units in order, read each data chunk from the
+//! source, write its non-zero runs to the target, zero what must read as zero, hash the chunk
+//! for verification, and honour the bandwidth limit and cancellation between chunks.
+
+use crate::digest::SparseDigest;
+use crate::plan::{clip, plan_units, Unit};
+use crate::throttle::Throttle;
+use crate::zero::zero_runs;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use vmshift_core::extent::{Extent, ExtentKind};
+use vmshift_image::{ImageReader, TargetImage};
+
+/// Why a copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Reading the source failed at guest `offset`.
+    #[error("read error in the source at guest offset {offset:#x}: {source}")]
+    Read {
+        /// Guest offset.
+        offset: u64,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Writing the target failed at guest `offset`.
+    #[error("write error in the target at guest offset {offset:#x}: {source}")]
+    Write {
+        /// Guest offset.
+        offset: u64,
+        /// The I/O error (ENOSPC included).
+        source: io::Error,
+    },
+    /// The cancel flag was raised; stopped at a chunk boundary.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl CopyError {
+    /// A read error at `offset`.
+    pub fn read(offset: u64, source: io::Error) -> Self {
+        CopyError::Read { offset, source }
+    }
+
+    /// A write error at `offset`.
+    pub fn write(offset: u64, source: io::Error) -> Self {
+        CopyError::Write { offset, source }
+    }
+
+    /// The target ran out of space.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, CopyError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// Progress counters shared with whoever draws the progress bar. All values are bytes.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Guest bytes the current pass must process (data chunks).
+    pub total: AtomicU64,
+    /// Guest bytes processed so far in the current pass.
+    pub done: AtomicU64,
+    /// Bytes written to the target as data.
+    pub copied: AtomicU64,
+    /// Bytes not written because they were zero.
+    pub skipped: AtomicU64,
+}
+
+impl Counters {
+    /// Adds processed bytes.
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Starts a new pass of `total` bytes.
+    pub fn start_pass(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+    }
+}
+
+/// How to copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Worker threads (≥ 1).
+    pub threads: usize,
+    /// Chunk size in bytes (a multiple of 1 MiB).
+    pub chunk: u64,
+    /// Bandwidth limit in bytes/s of guest data read (0 = unlimited).
+    pub bwlimit: u64,
+    /// Zero detection granularity in bytes (4 KiB for raw, the cluster size for qcow2).
+    pub zero_granularity: usize,
+    /// The target was just created by us and reads as zeroes everywhere (never true for a
+    /// reused file: then every zero range is written explicitly).
+    pub target_is_zero: bool,
+    /// Shallow copy: only the top layer; backing ranges left unallocated, zeroes written as
+    /// zero clusters so the backing file does not show through.
+    pub shallow: bool,
+    /// Hash the guest view while copying (flattened copies only).
+    pub hash: bool,
+}
+
+/// What a copy did.
+#[derive(Debug)]
+pub struct CopyStats {
+    /// Bytes written as data.
+    pub bytes_copied: u64,
+    /// Bytes skipped (holes, zero clusters, zero blocks found in data).
+    pub bytes_skipped_zero: u64,
+    /// Guest bytes processed in data chunks.
+    pub bytes_processed: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The source digest, when `hash` was set.
+    pub source_digest: Option<SparseDigest>,
+}
+
+/// Copies `source` (its block status `extents`, from [`ImageReader::extents`]) into `target`.
+///
+/// The target is not synced here: the caller syncs before trusting it.
+///
+/// # Errors
+/// [`CopyError`]: the first read or write error (offset in hex), or `Cancelled`.
+pub fn copy_image(
+    source: &ImageReader,
+    extents: &[Extent],
+    target: &TargetImage,
+    opts: &CopyOptions,
+    cancel: &AtomicBool,
+    counters: &Counters,
+) -> Result<CopyStats, CopyError> {
+    let started = Instant::now();
+    let size = source.virtual_size();
+    let need_zero_writes = !opts.target_is_zero;
+    let units = plan_units(extents, opts.chunk, need_zero_writes);
+    let chunk_bytes: u64 = units
+        .iter()
+        .map(|u| match u {
+            Unit::Chunk(i) => opts.chunk.min(size - i * opts.chunk),
+            Unit::Zero { .. } => 0,
+        })
+        .sum();
+    counters.start_pass(chunk_bytes);
+    let digest = opts.hash.then(|| SparseDigest::new(size));
+    let throttle = Throttle::new(opts.bwlimit);
+    for_each_unit(&units, opts.threads, opts.chunk, size, cancel, |unit, buf| match unit {
+        Unit::Zero { offset, len, .. } => {
+            target
+                .write_zeroes(offset, len)
+                .map_err(|e| CopyError::write(offset, e))?;
+            Ok(())
+        }
+        Unit::Chunk(idx) => {
+            let start = idx * opts.chunk;
+            let pieces = fill_chunk(source, extents, start, buf)?;
+            for p in &pieces {
+                let at = (p.offset - start) as usize;
+                let data = &buf[at..at + p.len as usize];
+                match p.kind {
+                    ExtentKind::Data => {
+                        for (zero, s, n) in zero_runs(data, opts.zero_granularity) {
+                            let off = p.offset + s as u64;
+                            if zero {
+                                if need_zero_writes || opts.shallow {
+                                    target
+                                        .write_zeroes(off, n as u64)
+                                        .map_err(|e| CopyError::write(off, e))?;
+                                }
+                                counters.skipped.fetch_add(n as u64, Ordering::Relaxed);
+                            } else {
+                                target
+                                    .write_at(&data[s..s + n], off)
+                                    .map_err(|e| CopyError::write(off, e))?;
+                                counters.copied.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    ExtentKind::Zero | ExtentKind::ExplicitZero => {
+                        if need_zero_writes || p.kind == ExtentKind::ExplicitZero {
+                            target
+                                .write_zeroes(p.offset, p.len)
+                                .map_err(|e| CopyError::write(p.offset, e))?;
+                        }
+                        counters.skipped.fetch_add(p.len, Ordering::Relaxed);
+                    }
+                    ExtentKind::Backing => {}
+                }
+            }
+            if let Some(d) = &digest {
+                d.add(start, buf);
+            }
+            let data_read: u64 = pieces
+                .iter()
+                .filter(|p| p.kind == ExtentKind::Data)
+                .map(|p| p.len)
+                .sum();
+            throttle.take(data_read);
+            counters.add_done(buf.len() as u64);
+            Ok(())
+        }
+    })?;
+    // Zero extents outside data chunks were skipped too, written or not.
+    let zero_total: u64 = extents
+        .iter()
+        .filter(|e| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero))
+        .map(|e| e.len)
+        .sum();
+    let in_chunks_zero: u64 = units
+        .iter()
+        .filter_map(|u| match u {
+            Unit::Chunk(i) => Some(
+                clip(extents, i * opts.chunk, (i * opts.chunk + opts.chunk).min(size))
+                    .iter()
+                    .filter(|e| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero))
+                    .map(|e| e.len)
+                    .sum::<u64>(),
+            ),
+            Unit::Zero { .. } => None,
+        })
+        .sum();
+    counters
+        .skipped
+        .fetch_add(zero_total - in_chunks_zero, Ordering::Relaxed);
+    Ok(CopyStats {
+        bytes_copied: counters.copied.load(Ordering::Relaxed),
+        bytes_skipped_zero: counters.skipped.load(Ordering::Relaxed),
+        bytes_processed: chunk_bytes,
+        elapsed: started.elapsed(),
+        source_digest: digest,
+    })
+}
+
+/// Fills `buf` with the guest bytes of the chunk at `start`: data pieces are read, zero
+/// pieces zero-filled; backing pieces are left as they are (shallow copies do not use them).
+/// Returns the pieces.
+///
+/// # Errors
+/// [`CopyError::Read`] with the offset of the failed read.
+pub fn fill_chunk(
+    source: &ImageReader,
+    extents: &[Extent],
+    start: u64,
+    buf: &mut [u8],
+) -> Result<Vec<Extent>, CopyError> {
+    let end = start + buf.len() as u64;
+    let pieces = clip(extents, start, end);
+    for p in &pieces {
+        let at = (p.offset - start) as usize;
+        let dst = &mut buf[at..at + p.len as usize];
+        match p.kind {
+            ExtentKind::Data => source
+                .read_at(dst, p.offset)
+                .map_err(|e| CopyError::read(p.offset, e))?,
+            _ => dst.fill(0),
+        }
+    }
+    Ok(pieces)
+}
+
+/// Runs `work` over `units` on `threads` scoped threads, in order of index, each thread with
+/// its own chunk buffer (resized to the unit's length for chunks). Stops at the first error
+/// or when `cancel` is raised.
+///
+/// # Errors
+/// The first error any worker returned, or [`CopyError::Cancelled`].
+pub fn for_each_unit<F>(
+    units: &[Unit],
+    threads: usize,
+    chunk: u64,
+    size: u64,
+    cancel: &AtomicBool,
+    work: F,
+) -> Result<(), CopyError>
+where
+    F: Fn(Unit, &mut [u8]) -> Result<(), CopyError> + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<CopyError>> = Mutex::new(None);
+    let chunk_len = usize::try_from(chunk).expect("chunk fits in memory");
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                let mut buf = vec![0u8; chunk_len];
+                loop {
+                    if failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if cancel.load(Ordering::Relaxed) {
+                        failed.store(true, Ordering::Relaxed);
+                        let mut e = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        e.get_or_insert(CopyError::Cancelled);
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&unit) = units.get(i) else { return };
+                    let len = match unit {
+                        Unit::Chunk(idx) => (chunk.min(size - idx * chunk)) as usize,
+                        Unit::Zero { .. } => 0,
+                    };
+                    if let Err(err) = work(unit, &mut buf[..len]) {
+                        failed.store(true, Ordering::Relaxed);
+                        let mut e = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        e.get_or_insert(err);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,16 @@
+//! vmshift's offline copy engine.
+//!
+//! - [`plan`]: turns block status into work units (data chunks and zero ranges).
+//! - [`engine`]: parallel workers that read, skip zeroes, write, throttle and hash.
+//! - [`digest`]: the content digest that proves source and target hold the same guest view.
+//! - [`zero`]: zero detection.
+//! - [`throttle`]: the bandwidth limit.
+
+pub mod digest;
+pub mod engine;
+pub mod plan;
+pub mod throttle;
+pub mod zero;
+
+pub use digest::{digest_image, first_difference, SparseDigest, DIGEST_BLOCK};
+pub use engine::{copy_image, CopyError, CopyOptions, CopyStats, Counters};
