@@ -13,7 +13,7 @@
  *                 RATE bytes/s (0 = unlimited), sequence numbers starting at SEQ0 and
  *                 increasing by one per batch; PASSES = 0 means forever.  After each batch
  *                 is written and flushed (fdatasync) it prints
- *                   VMSHIFT-SEQ <floor> <devname>
+ *                   VMSHIFT-SEQ <floor> <devname> last=<seq of this batch>
  *                 where <floor> is the smallest sequence number any block of the region can
  *                 hold at that moment (0 until the first pass completes).  The host-side
  *                 verifier checks every block against the last floor it saw.
@@ -134,7 +134,7 @@ static int do_write(char **argv) {
 			for (uint64_t j = 0; j < nbatches; j++)
 				if (hist[j] < floor)
 					floor = hist[j];
-			printf("VMSHIFT-SEQ %" PRIu64 " %s\n", floor, name);
+			printf("VMSHIFT-SEQ %" PRIu64 " %s last=%" PRIu64 "\n", floor, name, seq);
 			fflush(stdout);
 			written += len;
 			if (rate) {

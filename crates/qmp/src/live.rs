@@ -89,6 +89,10 @@ pub struct LiveOptions {
     pub rate_sample: Duration,
     /// Interval between `query-jobs` polls.
     pub poll_interval: Duration,
+    /// Replace the computed convergence bound of the initial job (what `auto` waits for
+    /// before falling back, or explicit modes before aborting). `None` = derive it from the
+    /// measured write rate, the limit and the size ([`policy::convergence_bound`]).
+    pub bound_override: Option<Duration>,
     /// Skip the free-space pre-check (for tests of the mid-copy ENOSPC path).
     pub skip_space_check: bool,
     /// Pre-existing volumes to use as targets.
@@ -111,6 +115,7 @@ impl LiveOptions {
             bwlimit: None,
             copy_mode: CopyModeRequest::Auto,
             ready_timeout: None,
+            bound_override: None,
             rate_sample: Duration::from_secs(1),
             poll_interval: Duration::from_millis(200),
             skip_space_check: false,
@@ -737,6 +742,9 @@ impl<'a> Driver<'a> {
                 self.plan.features.block_job_change,
             );
             r.mode = r.decision.mode;
+            if let Some(b) = opts.bound_override {
+                r.decision.bound = b;
+            }
             r.reason = r.decision.reason.clone();
             if r.mode == CopyMode::WriteBlocking && !self.plan.features.mirror_copy_mode {
                 return Err(LiveError::Unsupported {

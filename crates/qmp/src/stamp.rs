@@ -143,6 +143,31 @@ pub fn last_floor(serial_log: &str, dev: &str) -> Option<u64> {
     })
 }
 
+/// The sequence number of the last batch the guest logged for device `dev`
+/// (the `last=<seq>` field of `VMSHIFT-SEQ` lines).
+pub fn last_written(serial_log: &str, dev: &str) -> Option<u64> {
+    serial_log.lines().rev().find_map(|l| {
+        let rest = l.trim().strip_prefix("VMSHIFT-SEQ ")?;
+        let mut it = rest.split_whitespace();
+        let _floor = it.next()?;
+        if it.next()? != dev {
+            return None;
+        }
+        it.next()?.strip_prefix("last=")?.parse().ok()
+    })
+}
+
+/// Number of `VMSHIFT-SEQ` lines logged for device `dev` (batches written and flushed).
+pub fn batches_logged(serial_log: &str, dev: &str) -> usize {
+    serial_log
+        .lines()
+        .filter(|l| {
+            let mut it = l.trim().split_whitespace();
+            it.next() == Some("VMSHIFT-SEQ") && it.nth(1) == Some(dev)
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,8 +209,10 @@ mod tests {
 
     #[test]
     fn last_floor_picks_the_device() {
-        let log = "boot\nVMSHIFT-SEQ 3 vda\nVMSHIFT-SEQ 1 vdb\nVMSHIFT-SEQ 4 vda\ngarbage VMSHIFT-SEQ 9 vda\n";
+        let log = "boot\nVMSHIFT-SEQ 3 vda last=20\nVMSHIFT-SEQ 1 vdb last=7\nVMSHIFT-SEQ 4 vda last=21\ngarbage VMSHIFT-SEQ 9 vda\n";
         assert_eq!(last_floor(log, "vda"), Some(4));
+        assert_eq!(last_written(log, "vda"), Some(21));
+        assert_eq!(batches_logged(log, "vda"), 2);
         assert_eq!(last_floor(log, "vdb"), Some(1));
         assert_eq!(last_floor(log, "vdc"), None);
     }
