@@ -7,7 +7,7 @@
 //! order followed by `size` (u64 little-endian). It depends on content only, never on how
 //! either image allocates it, so a sparse qcow2 and a dense raw holding the same bytes match.
 
-use crate::engine::{for_each_unit, CopyError, Counters};
+use crate::engine::{buf_index, for_each_unit, CopyError, Counters};
 use crate::plan::{plan_units, Unit};
 use crate::zero::is_zero;
 use std::collections::BTreeMap;
@@ -47,11 +47,14 @@ impl SparseDigest {
     /// `size` are ignored.
     pub fn add(&self, offset: u64, buf: &[u8]) {
         debug_assert_eq!(offset % DIGEST_BLOCK, 0);
-        let usable = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let usable = buf_index(self.size.saturating_sub(offset).min(buf.len() as u64));
         let mut local = Vec::new();
-        for (i, block) in buf[..usable].chunks(DIGEST_BLOCK as usize).enumerate() {
+        for (i, block) in buf[..usable].chunks(buf_index(DIGEST_BLOCK)).enumerate() {
             if !is_zero(block) {
-                local.push((offset / DIGEST_BLOCK + i as u64, *blake3::hash(block).as_bytes()));
+                local.push((
+                    offset / DIGEST_BLOCK + i as u64,
+                    *blake3::hash(block).as_bytes(),
+                ));
             }
         }
         if !local.is_empty() {
@@ -122,7 +125,7 @@ pub fn first_difference(
 ) -> Option<u64> {
     let block = da.first_differing_block(db)?;
     let start = block * DIGEST_BLOCK;
-    let len = DIGEST_BLOCK.min(da.size().saturating_sub(start)) as usize;
+    let len = buf_index(DIGEST_BLOCK.min(da.size().saturating_sub(start)));
     let mut x = vec![0u8; len];
     let mut y = vec![0u8; len];
     if a.read_at(&mut x, start).is_err() || b.read_at(&mut y, start).is_err() {

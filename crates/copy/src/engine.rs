@@ -144,62 +144,69 @@ pub fn copy_image(
     counters.start_pass(chunk_bytes);
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
-    for_each_unit(&units, opts.threads, opts.chunk, size, cancel, |unit, buf| match unit {
-        Unit::Zero { offset, len, .. } => {
-            target
-                .write_zeroes(offset, len)
-                .map_err(|e| CopyError::write(offset, e))?;
-            Ok(())
-        }
-        Unit::Chunk(idx) => {
-            let start = idx * opts.chunk;
-            let pieces = fill_chunk(source, extents, start, buf)?;
-            for p in &pieces {
-                let at = (p.offset - start) as usize;
-                let data = &buf[at..at + p.len as usize];
-                match p.kind {
-                    ExtentKind::Data => {
-                        for (zero, s, n) in zero_runs(data, opts.zero_granularity) {
-                            let off = p.offset + s as u64;
-                            if zero {
-                                if need_zero_writes || opts.shallow {
+    for_each_unit(
+        &units,
+        opts.threads,
+        opts.chunk,
+        size,
+        cancel,
+        |unit, buf| match unit {
+            Unit::Zero { offset, len, .. } => {
+                target
+                    .write_zeroes(offset, len)
+                    .map_err(|e| CopyError::write(offset, e))?;
+                Ok(())
+            }
+            Unit::Chunk(idx) => {
+                let start = idx * opts.chunk;
+                let pieces = fill_chunk(source, extents, start, buf)?;
+                for p in &pieces {
+                    let at = buf_index(p.offset - start);
+                    let data = &buf[at..at + buf_index(p.len)];
+                    match p.kind {
+                        ExtentKind::Data => {
+                            for (zero, s, n) in zero_runs(data, opts.zero_granularity) {
+                                let off = p.offset + s as u64;
+                                if zero {
+                                    if need_zero_writes || opts.shallow {
+                                        target
+                                            .write_zeroes(off, n as u64)
+                                            .map_err(|e| CopyError::write(off, e))?;
+                                    }
+                                    counters.skipped.fetch_add(n as u64, Ordering::Relaxed);
+                                } else {
                                     target
-                                        .write_zeroes(off, n as u64)
+                                        .write_at(&data[s..s + n], off)
                                         .map_err(|e| CopyError::write(off, e))?;
+                                    counters.copied.fetch_add(n as u64, Ordering::Relaxed);
                                 }
-                                counters.skipped.fetch_add(n as u64, Ordering::Relaxed);
-                            } else {
-                                target
-                                    .write_at(&data[s..s + n], off)
-                                    .map_err(|e| CopyError::write(off, e))?;
-                                counters.copied.fetch_add(n as u64, Ordering::Relaxed);
                             }
                         }
-                    }
-                    ExtentKind::Zero | ExtentKind::ExplicitZero => {
-                        if need_zero_writes || p.kind == ExtentKind::ExplicitZero {
-                            target
-                                .write_zeroes(p.offset, p.len)
-                                .map_err(|e| CopyError::write(p.offset, e))?;
+                        ExtentKind::Zero | ExtentKind::ExplicitZero => {
+                            if need_zero_writes || p.kind == ExtentKind::ExplicitZero {
+                                target
+                                    .write_zeroes(p.offset, p.len)
+                                    .map_err(|e| CopyError::write(p.offset, e))?;
+                            }
+                            counters.skipped.fetch_add(p.len, Ordering::Relaxed);
                         }
-                        counters.skipped.fetch_add(p.len, Ordering::Relaxed);
+                        ExtentKind::Backing => {}
                     }
-                    ExtentKind::Backing => {}
                 }
+                if let Some(d) = &digest {
+                    d.add(start, buf);
+                }
+                let data_read: u64 = pieces
+                    .iter()
+                    .filter(|p| p.kind == ExtentKind::Data)
+                    .map(|p| p.len)
+                    .sum();
+                throttle.take(data_read);
+                counters.add_done(buf.len() as u64);
+                Ok(())
             }
-            if let Some(d) = &digest {
-                d.add(start, buf);
-            }
-            let data_read: u64 = pieces
-                .iter()
-                .filter(|p| p.kind == ExtentKind::Data)
-                .map(|p| p.len)
-                .sum();
-            throttle.take(data_read);
-            counters.add_done(buf.len() as u64);
-            Ok(())
-        }
-    })?;
+        },
+    )?;
     // Zero extents outside data chunks were skipped too, written or not.
     let zero_total: u64 = extents
         .iter()
@@ -210,11 +217,15 @@ pub fn copy_image(
         .iter()
         .filter_map(|u| match u {
             Unit::Chunk(i) => Some(
-                clip(extents, i * opts.chunk, (i * opts.chunk + opts.chunk).min(size))
-                    .iter()
-                    .filter(|e| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero))
-                    .map(|e| e.len)
-                    .sum::<u64>(),
+                clip(
+                    extents,
+                    i * opts.chunk,
+                    (i * opts.chunk + opts.chunk).min(size),
+                )
+                .iter()
+                .filter(|e| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero))
+                .map(|e| e.len)
+                .sum::<u64>(),
             ),
             Unit::Zero { .. } => None,
         })
@@ -229,6 +240,12 @@ pub fn copy_image(
         elapsed: started.elapsed(),
         source_digest: digest,
     })
+}
+
+/// An offset or length inside one chunk buffer as an index. Chunk buffers are allocated in
+/// memory, so their offsets always fit in `usize`.
+pub fn buf_index(v: u64) -> usize {
+    usize::try_from(v).expect("offset inside an in-memory chunk buffer")
 }
 
 /// Fills `buf` with the guest bytes of the chunk at `start`: data pieces are read, zero
@@ -246,8 +263,8 @@ pub fn fill_chunk(
     let end = start + buf.len() as u64;
     let pieces = clip(extents, start, end);
     for p in &pieces {
-        let at = (p.offset - start) as usize;
-        let dst = &mut buf[at..at + p.len as usize];
+        let at = buf_index(p.offset - start);
+        let dst = &mut buf[at..at + buf_index(p.len)];
         match p.kind {
             ExtentKind::Data => source
                 .read_at(dst, p.offset)
@@ -296,7 +313,7 @@ where
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&unit) = units.get(i) else { return };
                     let len = match unit {
-                        Unit::Chunk(idx) => (chunk.min(size - idx * chunk)) as usize,
+                        Unit::Chunk(idx) => buf_index(chunk.min(size - idx * chunk)),
                         Unit::Zero { .. } => 0,
                     };
                     if let Err(err) = work(unit, &mut buf[..len]) {

@@ -25,7 +25,10 @@ pub enum Unit {
 /// Zero ranges are emitted only when `need_zero_writes` or when explicit.
 pub fn plan_units(extents: &[Extent], chunk: u64, need_zero_writes: bool) -> Vec<Unit> {
     let mut chunks: Vec<u64> = Vec::new();
-    for e in extents.iter().filter(|e| e.kind == ExtentKind::Data && e.len > 0) {
+    for e in extents
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Data && e.len > 0)
+    {
         let first = e.offset / chunk;
         let last = (e.end() - 1) / chunk;
         let from = match chunks.last() {
@@ -54,9 +57,11 @@ pub fn plan_units(extents: &[Extent], chunk: u64, need_zero_writes: bool) -> Vec
                 end = (end + chunk).min(e.end());
             }
             match units.last_mut() {
-                Some(Unit::Zero { offset, len, explicit: x }) if *offset + *len == pos && *x == explicit => {
-                    *len += end - pos
-                }
+                Some(Unit::Zero {
+                    offset,
+                    len,
+                    explicit: x,
+                }) if *offset + *len == pos && *x == explicit => *len += end - pos,
                 _ => units.push(Unit::Zero {
                     offset: pos,
                     len: end - pos,
@@ -110,10 +115,17 @@ mod tests {
             vec![
                 Unit::Chunk(0),
                 Unit::Chunk(3),
-                Unit::Zero { offset: 8 * M, len: 16 * M, explicit: false }
+                Unit::Zero {
+                    offset: 8 * M,
+                    len: 16 * M,
+                    explicit: false
+                }
             ]
         );
-        assert_eq!(plan_units(&exts, 8 * M, false), vec![Unit::Chunk(0), Unit::Chunk(3)]);
+        assert_eq!(
+            plan_units(&exts, 8 * M, false),
+            vec![Unit::Chunk(0), Unit::Chunk(3)]
+        );
     }
 
     #[test]
@@ -128,16 +140,26 @@ mod tests {
 
     #[test]
     fn explicit_zeroes_are_always_planned() {
-        let exts = [ext(0, M, ExtentKind::ExplicitZero), ext(M, M, ExtentKind::Backing)];
+        let exts = [
+            ext(0, M, ExtentKind::ExplicitZero),
+            ext(M, M, ExtentKind::Backing),
+        ];
         assert_eq!(
             plan_units(&exts, 8 * M, false),
-            vec![Unit::Zero { offset: 0, len: M, explicit: true }]
+            vec![Unit::Zero {
+                offset: 0,
+                len: M,
+                explicit: true
+            }]
         );
     }
 
     #[test]
     fn clip_cuts_extents_to_a_window() {
         let exts = [ext(0, 10, ExtentKind::Data), ext(10, 10, ExtentKind::Zero)];
-        assert_eq!(clip(&exts, 5, 15), vec![ext(5, 5, ExtentKind::Data), ext(10, 5, ExtentKind::Zero)]);
+        assert_eq!(
+            clip(&exts, 5, 15),
+            vec![ext(5, 5, ExtentKind::Data), ext(10, 5, ExtentKind::Zero)]
+        );
     }
 }

@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn matches_qemu_img_measure_for_the_out_of_space_case_c22() {
         // 32 MiB virtual, 12 MiB data: required size 12910592
-        assert_eq!(qcow2_required_bytes(32 << 20, 12 << 20, 1, 65536), 12_910_592);
+        assert_eq!(
+            qcow2_required_bytes(32 << 20, 12 << 20, 1, 65536),
+            12_910_592
+        );
     }
 
     #[test]

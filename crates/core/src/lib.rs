@@ -15,4 +15,4 @@ pub mod size;
 
 pub use extent::{Extent, ExtentKind};
 pub use job::{JobId, JobKind, JobStatus, Phase};
-pub use size::{format_bytes, parse_size, SizeError};
+pub use size::{format_bytes, millis, parse_size, rate_bytes_per_sec, SizeError};

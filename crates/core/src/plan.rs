@@ -194,7 +194,8 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         (true, false) => "flattened",
     };
     if opts.keep_backing && !has_chain {
-        notes.push("--keep-backing given but the image has no backing file: nothing to keep".into());
+        notes
+            .push("--keep-backing given but the image has no backing file: nothing to keep".into());
     }
     if keep && target_format == TargetFormat::Raw {
         problems.push(Problem::new(
@@ -261,7 +262,13 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
                 } else {
                     pids.iter()
                         .zip(names.iter().chain(std::iter::repeat(&String::new())))
-                        .map(|(p, n)| if n.is_empty() { format!("pid {p}") } else { format!("{n} (pid {p})") })
+                        .map(|(p, n)| {
+                            if n.is_empty() {
+                                format!("pid {p}")
+                            } else {
+                                format!("{n} (pid {p})")
+                            }
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
@@ -278,7 +285,10 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
     if !dst.dir_exists {
         problems.push(Problem::new(
             "dest_missing",
-            format!("destination directory of {} does not exist", dst.target_path),
+            format!(
+                "destination directory of {} does not exist",
+                dst.target_path
+            ),
             "create it first or name an existing directory",
         ));
     } else if !dst.dir_writable {
@@ -291,7 +301,10 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
     if dst.target_is_source {
         problems.push(Problem::new(
             "same_file",
-            format!("target {} is the source image (or one of its backing files)", dst.target_path),
+            format!(
+                "target {} is the source image (or one of its backing files)",
+                dst.target_path
+            ),
             "choose another destination",
         ));
     } else if dst.target_exists && !opts.overwrite {
@@ -420,7 +433,10 @@ mod tests {
     fn plan_refuses_existing_target_without_overwrite() {
         let mut d = dst();
         d.target_exists = true;
-        assert_eq!(decide(&src(), &d, &opts()).problems[0].code, "target_exists");
+        assert_eq!(
+            decide(&src(), &d, &opts()).problems[0].code,
+            "target_exists"
+        );
         let mut o = opts();
         o.overwrite = true;
         assert!(decide(&src(), &d, &o).go());
@@ -461,7 +477,10 @@ mod tests {
         let p = decide(&s, &d, &opts());
         assert_eq!(p.target_bytes, 8_716_288);
         assert_eq!(p.problems[0].code, "no_space");
-        assert!(p.notes.iter().any(|n| n.contains("compression is not kept")));
+        assert!(p
+            .notes
+            .iter()
+            .any(|n| n.contains("compression is not kept")));
     }
 
     #[test]

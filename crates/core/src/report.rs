@@ -244,7 +244,11 @@ impl Report {
         let _ = writeln!(
             md,
             "Verification ({}): **{}** over {} guest bytes",
-            if v.algorithm.is_empty() { "none" } else { &v.algorithm },
+            if v.algorithm.is_empty() {
+                "none"
+            } else {
+                &v.algorithm
+            },
             v.result,
             v.verified_bytes
         );

@@ -69,7 +69,7 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     let frac: u128 = frac_part.parse().map_err(|_| err("bad fraction"))?;
     let denom = 10u128.pow(u32::try_from(frac_part.len()).map_err(|_| err("bad fraction"))?);
     let scaled = frac * (1u128 << shift);
-    if scaled % denom != 0 {
+    if !scaled.is_multiple_of(denom) {
         return Err(err("not a whole number of bytes"));
     }
     let extra = u64::try_from(scaled / denom).map_err(|_| err("number too large"))?;
@@ -92,6 +92,22 @@ pub fn format_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Bytes per second for `bytes` moved in `secs` seconds (0 when no time passed).
+pub fn rate_bytes_per_sec(bytes: u64, secs: f64) -> u64 {
+    if secs <= 0.0 {
+        return 0;
+    }
+    // `as` saturates for floats: a huge rate becomes u64::MAX, a NaN 0.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let r = (bytes as f64 / secs) as u64;
+    r
+}
+
+/// Whole milliseconds of `d`, saturating.
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -103,28 +103,30 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
     let mut seen = HashSet::new();
     let mut path = top.to_path_buf();
     let mut recorded: Option<String> = None;
-    let mut format = match opts.top_format {
-        Some(f) => f,
-        None => {
-            let head = read_head(&path)?;
-            match detect_format(&head) {
-                DetectedFormat::Qcow2 => LayerFormat::Qcow2,
-                DetectedFormat::Raw => LayerFormat::Raw,
-                DetectedFormat::Other(name) => {
-                    return Err(ImageError::new(
+    let mut format =
+        match opts.top_format {
+            Some(f) => f,
+            None => {
+                let head = read_head(&path)?;
+                match detect_format(&head) {
+                    DetectedFormat::Qcow2 => LayerFormat::Qcow2,
+                    DetectedFormat::Raw => LayerFormat::Raw,
+                    DetectedFormat::Other(name) => return Err(ImageError::new(
                         "unsupported_format",
                         &path,
                         format!("is a {name} image, which vmshift does not copy"),
                         "convert it first with qemu-img convert -O qcow2, then migrate the result",
-                    ))
+                    )),
                 }
             }
-        }
-    };
+        };
     loop {
         let meta = std::fs::metadata(&path).map_err(|e| {
             let (code, hint) = if recorded.is_some() {
-                ("backing_missing", "restore the backing file or rebase the image (qemu-img rebase)")
+                (
+                    "backing_missing",
+                    "restore the backing file or rebase the image (qemu-img rebase)",
+                )
             } else {
                 ("unreadable", "check the path and permissions")
             };
@@ -229,7 +231,10 @@ fn check_backing_name(image: &Path, name: &str) -> Result<(), ImageError> {
             return Err(ImageError::new(
                 "backing_protocol",
                 image,
-                format!("refers to its backing file as {name:?}, which QEMU reads as protocol {:?}", &name[..colon]),
+                format!(
+                    "refers to its backing file as {name:?}, which QEMU reads as protocol {:?}",
+                    &name[..colon]
+                ),
                 "rebase it with a ./-prefixed name (qemu-img rebase -u -b ./NAME)",
             ));
         }

@@ -256,10 +256,22 @@ impl Qcow2Header {
         let bits = [
             (self.incompatible_features, INCOMPAT_DIRTY, "dirty"),
             (self.incompatible_features, INCOMPAT_CORRUPT, "corrupt"),
-            (self.incompatible_features, INCOMPAT_DATA_FILE, "external-data-file"),
-            (self.incompatible_features, INCOMPAT_COMPRESSION, "compression-type"),
+            (
+                self.incompatible_features,
+                INCOMPAT_DATA_FILE,
+                "external-data-file",
+            ),
+            (
+                self.incompatible_features,
+                INCOMPAT_COMPRESSION,
+                "compression-type",
+            ),
             (self.incompatible_features, INCOMPAT_EXTL2, "extended-l2"),
-            (self.compatible_features, COMPAT_LAZY_REFCOUNTS, "lazy-refcounts"),
+            (
+                self.compatible_features,
+                COMPAT_LAZY_REFCOUNTS,
+                "lazy-refcounts",
+            ),
             (self.autoclear_features, AUTOCLEAR_BITMAPS, "bitmaps"),
         ];
         for (field, bit, name) in bits {
@@ -361,7 +373,10 @@ mod tests {
         b[20..24].copy_from_slice(&40u32.to_be_bytes());
         assert!(matches!(
             Qcow2Header::parse(&b),
-            Err(HeaderError::Invalid { field: "cluster_bits", .. })
+            Err(HeaderError::Invalid {
+                field: "cluster_bits",
+                ..
+            })
         ));
         assert!(matches!(
             Qcow2Header::parse(&v3_header()[..50]),
@@ -372,7 +387,10 @@ mod tests {
     #[test]
     fn detects_formats_by_magic_only() {
         assert_eq!(detect_format(&v3_header()), DetectedFormat::Qcow2);
-        assert_eq!(detect_format(b"vhdxfile...."), DetectedFormat::Other("vhdx"));
+        assert_eq!(
+            detect_format(b"vhdxfile...."),
+            DetectedFormat::Other("vhdx")
+        );
         assert_eq!(detect_format(&[0u8; 512]), DetectedFormat::Raw);
         assert_eq!(detect_format(&[]), DetectedFormat::Raw);
     }

@@ -166,7 +166,9 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
     for (depth, layer) in chain.layers.iter().enumerate() {
         let Some(h) = &layer.header else { continue };
         let name = layer.path.display();
-        let refuse = |code: &str, what: String, hint: &str| Problem::new(code, format!("{name} {what}"), hint);
+        let refuse = |code: &str, what: String, hint: &str| {
+            Problem::new(code, format!("{name} {what}"), hint)
+        };
         if h.crypt_method != 0 {
             facts.problems.push(refuse(
                 "encrypted",
@@ -176,15 +178,34 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
             continue;
         }
         if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
-            facts.problems.push(refuse("corrupt", "is marked corrupt by QEMU".into(), "repair a copy with qemu-img check -r all, then migrate the copy"));
+            facts.problems.push(refuse(
+                "corrupt",
+                "is marked corrupt by QEMU".into(),
+                "repair a copy with qemu-img check -r all, then migrate the copy",
+            ));
             continue;
         }
         if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-            facts.problems.push(refuse("data_file", "keeps its data in an external data file, which vmshift does not copy yet".into(), "convert it with qemu-img convert -O qcow2 first"));
+            facts.problems.push(refuse(
+                "data_file",
+                "keeps its data in an external data file, which vmshift does not copy yet".into(),
+                "convert it with qemu-img convert -O qcow2 first",
+            ));
             continue;
         }
         if h.compression_type != 0 || h.incompatible_features & INCOMPAT_EXTL2 != 0 {
-            facts.problems.push(refuse("unsupported_feature", format!("uses {} which vmshift's reader does not support", if h.compression_type != 0 { "zstd compression" } else { "extended L2 entries" }), "convert it with qemu-img convert -O qcow2 first"));
+            facts.problems.push(refuse(
+                "unsupported_feature",
+                format!(
+                    "uses {} which vmshift's reader does not support",
+                    if h.compression_type != 0 {
+                        "zstd compression"
+                    } else {
+                        "extended L2 entries"
+                    }
+                ),
+                "convert it with qemu-img convert -O qcow2 first",
+            ));
             continue;
         }
         let integrity = check_qcow2(&layer.path, h, layer.file_size);
@@ -201,28 +222,47 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
                 facts.notes.push(format!("{name} has {} internal snapshot(s); they are not copied (like qemu-img convert)", h.nb_snapshots));
             }
             if h.autoclear_features & crate::header::AUTOCLEAR_BITMAPS != 0 {
-                facts.notes.push(format!("{name} has persistent dirty bitmaps; they are not copied"));
+                facts.notes.push(format!(
+                    "{name} has persistent dirty bitmaps; they are not copied"
+                ));
             }
         }
     }
 
     match lock::probe(&top.path) {
         Ok(state) => facts.lock = state,
-        Err(e) => facts.notes.push(format!("could not probe the image lock: {e}")),
+        Err(e) => facts
+            .notes
+            .push(format!("could not probe the image lock: {e}")),
     }
     info.lock = facts.lock.clone();
 
-    facts.thick = is_thick(top.format, top.file_size, facts.virtual_size, top.allocated_bytes);
+    facts.thick = is_thick(
+        top.format,
+        top.file_size,
+        facts.virtual_size,
+        top.allocated_bytes,
+    );
 
     if opts.walk_extents && facts.problems.is_empty() {
         match ImageReader::open(&chain).and_then(|r| {
             let size = r.virtual_size();
             let flat = r.extents(0, size, false).map_err(|e| {
-                crate::ImageError::new("block_status", &top.path, format!("block status failed: {e}"), "check the image with qemu-img check")
+                crate::ImageError::new(
+                    "block_status",
+                    &top.path,
+                    format!("block status failed: {e}"),
+                    "check the image with qemu-img check",
+                )
             })?;
             let shallow = if chain.layers.len() > 1 {
                 Some(r.extents(0, size, true).map_err(|e| {
-                    crate::ImageError::new("block_status", &top.path, format!("block status failed: {e}"), "check the image with qemu-img check")
+                    crate::ImageError::new(
+                        "block_status",
+                        &top.path,
+                        format!("block status failed: {e}"),
+                        "check the image with qemu-img check",
+                    )
                 })?)
             } else {
                 None
@@ -231,7 +271,8 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         }) {
             Ok((flat, shallow)) => {
                 facts.data_bytes = bytes_of(&flat, ExtentKind::Data);
-                facts.data_extents = flat.iter().filter(|e| e.kind == ExtentKind::Data).count() as u64;
+                facts.data_extents =
+                    flat.iter().filter(|e| e.kind == ExtentKind::Data).count() as u64;
                 facts.top_data_bytes = match &shallow {
                     Some(s) => bytes_of(s, ExtentKind::Data),
                     None => facts.data_bytes,

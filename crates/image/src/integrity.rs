@@ -76,7 +76,7 @@ fn walk_tables(
         ));
     }
     let l1_bytes = u64::from(h.l1_size) * 8;
-    let l1_end = h.l1_table_offset.checked_add(l1_bytes).unwrap_or(u64::MAX);
+    let l1_end = h.l1_table_offset.saturating_add(l1_bytes);
     if h.l1_size > 0 && l1_end > file_size {
         return Err(format!(
             "L1 table at {:#x} ({l1_bytes} bytes) lies past the end of the file ({file_size:#x}): the image is truncated or corrupt",
@@ -100,7 +100,7 @@ fn walk_tables(
         if l2_off == 0 {
             continue;
         }
-        if l2_off % cluster != 0 || l2_off.saturating_add(cluster) > file_size {
+        if !l2_off.is_multiple_of(cluster) || l2_off.saturating_add(cluster) > file_size {
             return Err(format!(
                 "L2 table {i} at {l2_off:#x} lies past the end of the file ({file_size:#x}) or is misaligned: the image is truncated or corrupt"
             ));
@@ -129,7 +129,7 @@ fn walk_tables(
                 continue;
             }
             out.mapped_clusters += 1;
-            if host % cluster != 0 || host.saturating_add(cluster) > file_size {
+            if !host.is_multiple_of(cluster) || host.saturating_add(cluster) > file_size {
                 return Err(format!(
                     "data cluster for guest offset {guest:#x} points at {host:#x}, past the end of the file ({file_size:#x}) or misaligned: its data is lost"
                 ));

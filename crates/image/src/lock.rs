@@ -18,11 +18,27 @@ const PERM_CONSISTENT_READ: i64 = 0;
 /// QEMU permission bit: write.
 const PERM_WRITE: i64 = 1;
 
-fn ofd_lock(file: &File, cmd: libc::c_int, kind: libc::c_short, start: i64, len: i64) -> io::Result<libc::flock> {
+// The F_* lock constants are small positive values; libc types them c_int, flock wants c_short.
+#[allow(clippy::cast_possible_truncation)]
+const WRLCK: libc::c_short = libc::F_WRLCK as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const RDLCK: libc::c_short = libc::F_RDLCK as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const UNLCK: libc::c_short = libc::F_UNLCK as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const SEEK_SET: libc::c_short = libc::SEEK_SET as libc::c_short;
+
+fn ofd_lock(
+    file: &File,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    start: i64,
+    len: i64,
+) -> io::Result<libc::flock> {
     // SAFETY: flock is plain old data; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_whence = SEEK_SET;
     fl.l_start = start;
     fl.l_len = len;
     fl.l_pid = 0;
@@ -44,11 +60,11 @@ pub fn probe(path: &Path) -> io::Result<LockState> {
     let fl = ofd_lock(
         &file,
         libc::F_OFD_GETLK,
-        libc::F_WRLCK as libc::c_short,
+        WRLCK,
         LOCK_PERM_BASE,
         LOCK_SHARED_BASE + 100 - LOCK_PERM_BASE,
     )?;
-    if fl.l_type == libc::F_UNLCK as libc::c_short {
+    if fl.l_type == UNLCK {
         return Ok(LockState::Free);
     }
     let (pids, names) = holders(path);
@@ -102,7 +118,7 @@ pub fn hold_for_reading(path: &Path) -> io::Result<File> {
         LOCK_PERM_BASE + PERM_CONSISTENT_READ,
         LOCK_SHARED_BASE + PERM_WRITE,
     ] {
-        ofd_lock(&file, libc::F_OFD_SETLK, libc::F_RDLCK as libc::c_short, byte, 1)?;
+        ofd_lock(&file, libc::F_OFD_SETLK, RDLCK, byte, 1)?;
     }
     Ok(file)
 }

@@ -111,7 +111,10 @@ mod tests {
     #[test]
     fn names_never_look_like_options_or_protocols() {
         assert_eq!(plain_file_name(Path::new("-x:y")), PathBuf::from("./-x:y"));
-        assert_eq!(plain_file_name(Path::new("/a/b:c")), PathBuf::from("/a/b:c"));
+        assert_eq!(
+            plain_file_name(Path::new("/a/b:c")),
+            PathBuf::from("/a/b:c")
+        );
         let j = json_spec_qcow2_no_backing(Path::new("/a/x\"y.qcow2"));
         assert!(j.starts_with("json:{"));
         assert!(j.contains("\\\"y.qcow2"));

@@ -158,7 +158,9 @@ impl ImageReader {
                             ShallowMapping::Zero { explicit: true, .. } => {
                                 Some(ExtentKind::ExplicitZero)
                             }
-                            ShallowMapping::Zero { explicit: false, .. } => Some(ExtentKind::Zero),
+                            ShallowMapping::Zero {
+                                explicit: false, ..
+                            } => Some(ExtentKind::Zero),
                             ShallowMapping::Eof { .. } => None,
                             // A mapping kind newer than this code: reading it is always right.
                             _ => Some(ExtentKind::Data),

@@ -116,8 +116,9 @@ impl Storage for ImageFile {
                 // SAFETY: pos < iov_len, and the buffer is still mutably borrowed by our caller
                 // for the duration of this call, with nobody else accessing it.
                 unsafe {
-                    let p = (iov.iov_base as *mut u8).add(pos as usize);
-                    *p &= !(INCOMPAT_DIRTY as u8);
+                    let p =
+                        (iov.iov_base as *mut u8).add(usize::try_from(pos).unwrap_or(usize::MAX));
+                    *p &= !(INCOMPAT_DIRTY.to_be_bytes()[7]);
                 }
                 break;
             }
@@ -182,7 +183,11 @@ impl Storage for ImageFile {
         }
     }
 
-    fn resize(&self, new_size: u64, prealloc_mode: imago::storage::PreallocateMode) -> io::Result<()> {
+    fn resize(
+        &self,
+        new_size: u64,
+        prealloc_mode: imago::storage::PreallocateMode,
+    ) -> io::Result<()> {
         if !self.writable {
             return Err(read_only_error());
         }

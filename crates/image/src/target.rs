@@ -65,11 +65,20 @@ pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
                 .create_new(true)
                 .open(&spec.path)
                 .map_err(|e| fail(format!("cannot be created: {e}")))?;
-            file.set_len(spec.virtual_size)
-                .map_err(|e| fail(format!("cannot be sized to {} bytes: {e}", spec.virtual_size)))?;
+            file.set_len(spec.virtual_size).map_err(|e| {
+                fail(format!(
+                    "cannot be sized to {} bytes: {e}",
+                    spec.virtual_size
+                ))
+            })?;
             if spec.preallocate && spec.virtual_size > 0 {
-                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, spec.virtual_size)
-                    .map_err(|e| fail(format!("cannot be preallocated: {e}")))?;
+                rustix::fs::fallocate(
+                    &file,
+                    rustix::fs::FallocateFlags::empty(),
+                    0,
+                    spec.virtual_size,
+                )
+                .map_err(|e| fail(format!("cannot be preallocated: {e}")))?;
             }
             Ok(TargetImage::Raw {
                 file,
@@ -184,9 +193,9 @@ fn write_zero_buffer(file: &File, mut offset: u64, len: u64) -> io::Result<()> {
     let zeroes = vec![0u8; 1 << 20];
     let end = offset + len;
     while offset < end {
-        let n = (end - offset).min(zeroes.len() as u64);
-        file.write_all_at(&zeroes[..n as usize], offset)?;
-        offset += n;
+        let n = usize::try_from(end - offset).map_or(zeroes.len(), |r| r.min(zeroes.len()));
+        file.write_all_at(&zeroes[..n], offset)?;
+        offset += n as u64;
     }
     Ok(())
 }

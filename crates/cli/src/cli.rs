@@ -1,0 +1,103 @@
+//! Command-line definitions (clap). Parsing only: commands are carried out elsewhere.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Move a VM's disk storage, offline or live, and prove nothing was lost.
+#[derive(Debug, Parser)]
+#[command(name = "vmshift", version, about, long_about = None)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Image formats vmshift writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Plain bytes, sparse.
+    Raw,
+    /// qcow2 v3.
+    Qcow2,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show an image's format, sizes, backing chain, features and lock state.
+    Info {
+        /// The image file.
+        image: PathBuf,
+        /// Format of the image if you know it (default: read from its header).
+        #[arg(long, value_enum)]
+        source_format: Option<FormatArg>,
+        /// Format of backing files whose format the image does not record.
+        #[arg(long, value_enum)]
+        backing_format: Option<FormatArg>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pre-flight only: print the plan and every problem; exit 0 if the migration would go
+    /// ahead, 2 if refused.
+    Check(MigrateArgs),
+    /// Copy, verify, finalize and report (offline: the VM must be off).
+    Migrate(MigrateArgs),
+    /// Run the main job on a bundled sample VM disk and print the report.
+    Demo {
+        /// Print NDJSON events and the report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments shared by `check` and `migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The source image (qcow2 or raw).
+    pub source: PathBuf,
+    /// Destination: an existing directory (the image keeps its file name) or a file path.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Target format (default: the source's).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Format of the source if you know it (default: read from its header).
+    #[arg(long, value_enum)]
+    pub source_format: Option<FormatArg>,
+    /// Format of backing files whose format the image does not record (never guessed).
+    #[arg(long, value_enum)]
+    pub backing_format: Option<FormatArg>,
+    /// Copy only the top layer and keep referring to the backing chain (default: flatten).
+    #[arg(long)]
+    pub keep_backing: bool,
+    /// Bandwidth limit, e.g. 50M (binary units: MiB/s).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub bwlimit: Option<u64>,
+    /// Skip verification (the report says so).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Delete the source after a successful verification (never while another image uses
+    /// it as a backing file).
+    #[arg(long)]
+    pub delete_source: bool,
+    /// Replace an existing target (only after the new copy is verified).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Copy an image a running VM holds (crash-consistent copy).
+    #[arg(long)]
+    pub force_share: bool,
+    /// Worker threads for the copy (default: number of CPUs, at least 2).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print NDJSON events on stdout (human text goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report here (JSON, or Markdown when the name ends in .md).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    vmshift_core::parse_size(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,44 @@
+//! The `vmshift` binary: parses arguments, runs one command, maps outcomes to exit codes
+//! (0 succeeded, 1 failed after starting, 2 refused or bad usage).
+
+mod cli;
+mod demo;
+mod info;
+mod offline;
+mod output;
+mod state;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMSHIFT_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    // Ctrl-C / SIGTERM: stop at the next chunk boundary and clean up.
+    let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
+    let result = match &cli.command {
+        Command::Info {
+            image,
+            source_format,
+            backing_format,
+            json,
+        } => info::run(image, *source_format, *backing_format, *json),
+        Command::Check(args) => offline::run_check(args),
+        Command::Migrate(args) => offline::run_migrate(args, cancel),
+        Command::Demo { json } => demo::run_demo(*json, cancel),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmshift: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

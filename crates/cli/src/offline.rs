@@ -1,0 +1,644 @@
+//! The offline job: check → copy → verify → cut over → references → clean up → report.
+//! Decisions come from `vmshift_core::plan`; this module only gathers facts and does I/O.
+
+use crate::cli::{FormatArg, MigrateArgs};
+use crate::output::Output;
+use crate::state::write_report;
+use anyhow::Result;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use vmshift_copy::{copy_image, digest_image, first_difference, CopyOptions, Counters};
+use vmshift_core::plan::{decide, DestFacts, Plan, PlanOptions, TargetFormat};
+use vmshift_core::report::{ImageSide, JobError, PhaseTiming, Report};
+use vmshift_core::{format_bytes, JobId, JobKind, JobStatus, Phase};
+use vmshift_image::chain::{Chain, ChainOptions, LayerFormat};
+use vmshift_image::target::target_chain;
+use vmshift_image::{create_target, inspect, ImageReader, InspectOptions, TargetSpec};
+
+/// Exit status of a job: 0 succeeded, 1 failed after starting, 2 refused.
+pub type ExitCode = i32;
+
+/// Chunk size of the copy engine and the digest passes, bytes.
+const CHUNK: u64 = 8 << 20;
+
+fn layer_format(f: FormatArg) -> LayerFormat {
+    match f {
+        FormatArg::Raw => LayerFormat::Raw,
+        FormatArg::Qcow2 => LayerFormat::Qcow2,
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Everything the check phase learnt.
+struct Checked {
+    chain: Option<Chain>,
+    plan: Plan,
+    source: ImageSide,
+    target_path: PathBuf,
+}
+
+/// The final target path for `source` at `dest`: inside `dest` when it is a directory
+/// (keeping the file name, with the extension following the format), else `dest` itself.
+fn target_path_for(source: &Path, dest: &Path, format: Option<TargetFormat>) -> PathBuf {
+    if dest.is_dir() {
+        let name = source
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "disk".into());
+        let renamed = match (name.extension().and_then(|e| e.to_str()), format) {
+            (Some("qcow2" | "qcow"), Some(TargetFormat::Raw)) => name.with_extension("raw"),
+            (Some("raw"), Some(TargetFormat::Qcow2)) => name.with_extension("qcow2"),
+            _ => name,
+        };
+        dest.join(renamed)
+    } else {
+        dest.to_path_buf()
+    }
+}
+
+fn gather_dest(target: &Path, chain: Option<&Chain>, virtual_size: u64, raw: bool) -> DestFacts {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir_exists = dir.is_dir();
+    let dir_writable = dir_exists
+        && rustix::fs::access(
+            &dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_ok();
+    let existing = std::fs::metadata(target).ok();
+    let target_is_source = match (&existing, chain) {
+        (Some(m), Some(c)) => c.layers.iter().any(|l| {
+            std::fs::metadata(&l.path).is_ok_and(|lm| lm.dev() == m.dev() && lm.ino() == m.ino())
+        }),
+        _ => false,
+    };
+    let free_bytes = rustix::fs::statvfs(&dir)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(0);
+    let file_too_large = (raw && dir_writable).then(|| probe_file_too_large(&dir, virtual_size));
+    DestFacts {
+        target_path: target.display().to_string(),
+        dir_exists,
+        dir_writable,
+        target_exists: existing.is_some(),
+        target_is_source,
+        free_bytes,
+        file_too_large,
+        reclaimable_bytes: existing.map(|m| m.blocks() * 512).unwrap_or(0),
+    }
+}
+
+/// Tries to size a temporary file to `size` bytes: EFBIG means the filesystem cannot hold a
+/// raw target that large (ext4: 16 TiB). The probe file is removed at once.
+fn probe_file_too_large(dir: &Path, size: u64) -> bool {
+    let probe = dir.join(format!(".vmshift-probe-{}", std::process::id()));
+    let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    else {
+        return false;
+    };
+    let too_large = matches!(f.set_len(size), Err(e) if e.raw_os_error() == Some(libc::EFBIG));
+    drop(f);
+    let _ = std::fs::remove_file(&probe);
+    too_large
+}
+
+fn check(args: &MigrateArgs) -> Checked {
+    let inspection = inspect(
+        &args.source,
+        &InspectOptions {
+            chain: ChainOptions {
+                top_format: args.source_format.map(layer_format),
+                backing_format: args.backing_format.map(layer_format),
+            },
+            walk_extents: true,
+        },
+    );
+    let requested = args.format.map(|f| match f {
+        FormatArg::Raw => TargetFormat::Raw,
+        FormatArg::Qcow2 => TargetFormat::Qcow2,
+    });
+    let src_format = if inspection.facts.format == "qcow2" {
+        TargetFormat::Qcow2
+    } else {
+        TargetFormat::Raw
+    };
+    let target_path = target_path_for(&args.source, &args.to, requested);
+    let raw_target = requested.unwrap_or(src_format) == TargetFormat::Raw;
+    let dest = gather_dest(
+        &target_path,
+        inspection.chain.as_ref(),
+        inspection.facts.virtual_size,
+        raw_target && inspection.facts.problems.is_empty(),
+    );
+    let mut plan = decide(
+        &inspection.facts,
+        &dest,
+        &PlanOptions {
+            target_format: requested,
+            keep_backing: args.keep_backing,
+            overwrite: args.overwrite,
+            force_share: args.force_share,
+        },
+    );
+    if args.delete_source && args.no_verify {
+        plan.problems.push(vmshift_core::plan::Problem::new(
+            "delete_unverified",
+            "--delete-source needs verification: the source is deleted only after the copy is proven identical",
+            "drop --no-verify or --delete-source",
+        ));
+    }
+    if args.to.as_os_str().to_string_lossy().ends_with('/') && !args.to.is_dir() {
+        plan.problems.insert(
+            0,
+            vmshift_core::plan::Problem::new(
+                "dest_missing",
+                format!("destination directory {} does not exist", args.to.display()),
+                "create it first",
+            ),
+        );
+    }
+    let source = ImageSide {
+        path: abs(&args.source),
+        format: inspection.facts.format.clone(),
+        virtual_size: inspection.facts.virtual_size,
+        allocated_bytes: inspection.facts.allocated_bytes,
+        backing_chain: inspection.facts.backing_chain.clone(),
+    };
+    Checked {
+        chain: inspection.chain,
+        plan,
+        source,
+        target_path,
+    }
+}
+
+fn abs(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn print_plan(out: &Output, c: &Checked) {
+    let p = &c.plan;
+    out.say(&format!(
+        "source       {} ({}, {} virtual, {} allocated)",
+        c.source.path,
+        c.source.format,
+        format_bytes(c.source.virtual_size),
+        format_bytes(c.source.allocated_bytes)
+    ));
+    out.say(&format!(
+        "target       {} ({}, {} virtual)",
+        abs(&c.target_path),
+        p.target_format.as_str(),
+        format_bytes(p.target_virtual_size)
+    ));
+    out.say(&format!("backing      {}", p.backing));
+    out.say(&format!(
+        "to copy      {} of data",
+        format_bytes(p.bytes_to_copy)
+    ));
+    out.say(&format!(
+        "target needs up to {} ({} bytes); free at destination {} ({} bytes)",
+        format_bytes(p.target_bytes),
+        p.target_bytes,
+        format_bytes(p.free_bytes),
+        p.free_bytes
+    ));
+    for n in &p.notes {
+        out.say(&format!("note: {n}"));
+    }
+    for pr in &p.problems {
+        out.say(&format!("refused: {}", pr.one_line()));
+    }
+}
+
+/// `vmshift check`: prints the plan; 0 when it would go ahead, 2 when refused.
+pub fn run_check(args: &MigrateArgs) -> Result<ExitCode> {
+    let out = Output { json: args.json };
+    let c = check(args);
+    if args.json {
+        out.event(serde_json::json!({"event": "plan", "go": c.plan.go(), "source": c.source, "plan": c.plan}));
+    } else {
+        print_plan(&out, &c);
+        out.say(if c.plan.go() {
+            "check: the migration would go ahead"
+        } else {
+            "check: refused"
+        });
+    }
+    Ok(if c.plan.go() { 0 } else { 2 })
+}
+
+/// Removes the partial target unless disarmed (failure, cancellation, panic).
+struct PartialGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for PartialGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+struct Timer {
+    phases: Vec<PhaseTiming>,
+    current: Option<(Phase, String, Instant)>,
+}
+
+impl Timer {
+    fn start(&mut self, out: &Output, p: Phase) {
+        self.end();
+        out.phase(p);
+        self.current = Some((p, now_rfc3339(), Instant::now()));
+    }
+    fn end(&mut self) {
+        if let Some((name, started_at, t)) = self.current.take() {
+            self.phases.push(PhaseTiming {
+                name,
+                started_at,
+                duration_ms: vmshift_core::millis(t.elapsed()),
+            });
+        }
+    }
+    fn current(&self) -> Phase {
+        self.current.as_ref().map_or(Phase::Check, |c| c.0)
+    }
+}
+
+/// `vmshift migrate` (offline). Returns the exit status and writes the report.
+pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
+    let out = Output { json: args.json };
+    let job = JobId::new();
+    let started = Instant::now();
+    let mut report = Report::new(&job.0, JobKind::Offline, &now_rfc3339());
+    let mut timer = Timer {
+        phases: Vec::new(),
+        current: None,
+    };
+    out.event(serde_json::json!({"event": "job", "job_id": job.0, "kind": "offline"}));
+    if !args.json {
+        out.say(&format!("vmshift: job {job}"));
+    }
+    timer.start(&out, Phase::Check);
+    let c = check(args);
+    report.source = c.source.clone();
+    report.backing = c.plan.backing.clone();
+    report.notes = c.plan.notes.clone();
+    report.destination = ImageSide {
+        path: abs(&c.target_path),
+        format: c.plan.target_format.as_str().into(),
+        virtual_size: c.plan.target_virtual_size,
+        allocated_bytes: 0,
+        backing_chain: Vec::new(),
+    };
+    if !args.json {
+        print_plan(&out, &c);
+    }
+    let code = if !c.plan.go() {
+        let msg = c
+            .plan
+            .problems
+            .iter()
+            .map(|p| p.one_line())
+            .collect::<Vec<_>>()
+            .join("; ");
+        report.status = JobStatus::Refused;
+        report.error = Some(JobError {
+            phase: Phase::Check,
+            message: msg,
+        });
+        2
+    } else {
+        match execute(args, &c, &out, &mut timer, &mut report, &cancel) {
+            Ok(()) => {
+                report.status = JobStatus::Succeeded;
+                0
+            }
+            Err(message) => {
+                let cancelled = cancel.load(Ordering::Relaxed);
+                report.status = if cancelled {
+                    JobStatus::Cancelled
+                } else {
+                    JobStatus::Failed
+                };
+                report.error = Some(JobError {
+                    phase: timer.current(),
+                    message,
+                });
+                1
+            }
+        }
+    };
+    timer.start(&out, Phase::Report);
+    timer.end();
+    report.phases = std::mem::take(&mut timer.phases);
+    report.duration_ms = vmshift_core::millis(started.elapsed());
+    let path = write_report(&report, args.report.as_deref())?;
+    out.event(serde_json::json!({"event": "report", "report": report}));
+    if !args.json {
+        if let Some(e) = &report.error {
+            out.say(&format!(
+                "vmshift: {}: {}",
+                report.status.as_str(),
+                e.message
+            ));
+        } else {
+            out.say(&format!(
+                "vmshift: succeeded: {} → {} ({} copied, {} zero skipped, verification {})",
+                report.source.path,
+                report.destination.path,
+                format_bytes(report.bytes_copied),
+                format_bytes(report.bytes_skipped_zero),
+                report.verification.result
+            ));
+        }
+        for w in &report.warnings {
+            out.say(&format!("warning: {w}"));
+        }
+        out.say(&format!("report: {}", path.display()));
+    }
+    Ok(code)
+}
+
+fn partial_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".vmshift-partial");
+    target.with_file_name(name)
+}
+
+fn execute(
+    args: &MigrateArgs,
+    c: &Checked,
+    out: &Output,
+    timer: &mut Timer,
+    report: &mut Report,
+    cancel: &Arc<AtomicBool>,
+) -> std::result::Result<(), String> {
+    let chain = c.chain.as_ref().ok_or("no chain")?;
+    let plan = &c.plan;
+    let shallow = plan.backing == "kept";
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2)
+    });
+    if plan.crash_consistent {
+        report.consistency = "crash_consistent".into();
+        report.warnings.push(
+            "the source was in use by a running VM: the copy is only crash-consistent".into(),
+        );
+    }
+
+    // Copy.
+    timer.start(out, Phase::Copy);
+    let _source_lock = if plan.crash_consistent {
+        None
+    } else {
+        Some(
+            vmshift_image::lock::hold_for_reading(&chain.top().path).map_err(|e| {
+                format!(
+                    "{} could not be locked for reading ({e}): a VM may have started using it",
+                    chain.top().path.display()
+                )
+            })?,
+        )
+    };
+    let reader = ImageReader::open(chain).map_err(|e| e.to_string())?;
+    let extents = reader
+        .extents(0, reader.virtual_size(), shallow)
+        .map_err(|e| format!("{}: block status failed: {e}", chain.top().path.display()))?;
+    let partial = partial_path(&c.target_path);
+    if partial.exists() {
+        return Err(format!("{} exists: another vmshift job may be writing it, or an interrupted one left it (remove it if no job runs)", partial.display()));
+    }
+    let target_format = match plan.target_format {
+        TargetFormat::Raw => LayerFormat::Raw,
+        TargetFormat::Qcow2 => LayerFormat::Qcow2,
+    };
+    let backing = if shallow {
+        let below = Chain {
+            layers: chain.backing().to_vec(),
+        };
+        let first = &below.layers[0];
+        let name = std::fs::canonicalize(&first.path)
+            .map_err(|e| format!("{}: {e}", first.path.display()))?;
+        report.destination.backing_chain = below
+            .layers
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        Some((name.display().to_string(), first.format, below))
+    } else {
+        None
+    };
+    let spec = TargetSpec {
+        path: partial.clone(),
+        format: target_format,
+        virtual_size: plan.target_virtual_size,
+        cluster_size: chain
+            .top()
+            .header
+            .as_ref()
+            .map_or(65536, |h| h.cluster_size()),
+        preallocate: plan.preallocate,
+        backing,
+    };
+    let mut guard = PartialGuard {
+        path: partial.clone(),
+        armed: true,
+    };
+    let target = create_target(&spec).map_err(|e| e.to_string())?;
+    let counters = Arc::new(Counters::default());
+    let opts = CopyOptions {
+        threads,
+        chunk: CHUNK,
+        bwlimit: args.bwlimit.unwrap_or(0),
+        zero_granularity: match target_format {
+            LayerFormat::Raw => 4096,
+            LayerFormat::Qcow2 => usize::try_from(spec.cluster_size)
+                .unwrap_or(65536)
+                .max(4096),
+        },
+        target_is_zero: true,
+        shallow,
+        hash: !args.no_verify && !shallow,
+    };
+    let copy_started = Instant::now();
+    let stats = {
+        let _p = out.progress("copy", counters.clone());
+        copy_image(&reader, &extents, &target, &opts, cancel, &counters)
+    }
+    .map_err(|e| {
+        let hint = if e.is_no_space() {
+            " (the destination ran out of space; the partial target was removed)"
+        } else {
+            ""
+        };
+        format!("{e}{hint}")
+    })?;
+    target
+        .sync()
+        .map_err(|e| format!("{}: fsync failed: {e}", partial.display()))?;
+    drop(target);
+    let secs = copy_started.elapsed().as_secs_f64().max(1e-3);
+    report.bytes_copied = stats.bytes_copied;
+    report.bytes_skipped_zero = stats.bytes_skipped_zero;
+    report.throughput_bytes_per_sec = vmshift_core::rate_bytes_per_sec(stats.bytes_processed, secs);
+
+    // Verify.
+    timer.start(out, Phase::Verify);
+    let src_size = reader.virtual_size();
+    if args.no_verify {
+        report.verification.algorithm = vmshift_copy::digest::ALGORITHM.into();
+        report.verification.result = "skipped".into();
+        report.warnings.push(
+            "verification was skipped (--no-verify): the copy is not proven identical".into(),
+        );
+    } else {
+        let tchain = target_chain(&partial, target_format, spec.backing.as_ref().map(|b| &b.2))
+            .map_err(|e| e.to_string())?;
+        let treader = ImageReader::open(&tchain).map_err(|e| e.to_string())?;
+        let source_digest = match stats.source_digest {
+            Some(d) => d,
+            None => {
+                let _p = out.progress("verify-source", counters.clone());
+                digest_image(&reader, src_size, threads, CHUNK, cancel, &counters)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let target_digest = {
+            let _p = out.progress("verify", counters.clone());
+            digest_image(&treader, src_size, threads, CHUNK, cancel, &counters)
+                .map_err(|e| e.to_string())?
+        };
+        report.verification.algorithm = vmshift_copy::digest::ALGORITHM.into();
+        report.verification.source_digest = source_digest.hex();
+        report.verification.destination_digest = target_digest.hex();
+        report.verification.verified_bytes = src_size;
+        let tsize = treader.virtual_size();
+        let tail_ok =
+            tsize == src_size || (tsize > src_size && tail_is_zero(&treader, src_size, tsize));
+        if report.verification.source_digest != report.verification.destination_digest || !tail_ok {
+            let off = if tail_ok {
+                first_difference(&source_digest, &target_digest, &reader, &treader).unwrap_or(0)
+            } else {
+                src_size.min(tsize)
+            };
+            report.verification.result = "mismatch".into();
+            report.verification.first_mismatch_offset = Some(off);
+            return Err(format!("verification failed: target differs from source at guest offset {off:#x} (sizes {src_size} vs {tsize}); the target was removed"));
+        }
+        report.verification.result = "match".into();
+    }
+
+    // Cut over.
+    timer.start(out, Phase::Cutover);
+    std::fs::rename(&partial, &c.target_path).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            c.target_path.display()
+        )
+    })?;
+    guard.armed = false;
+    if let Some(dir) = c.target_path.parent() {
+        let d = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(f) = std::fs::File::open(d) {
+            let _ = f.sync_all();
+        }
+    }
+    report.destination.allocated_bytes = std::fs::metadata(&c.target_path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
+
+    // References.
+    timer.start(out, Phase::References);
+    let users = images_using(&chain.top().path);
+    report.references.push(format!(
+        "point the VM at {} (format {}) instead of {}: e.g. virsh edit DOMAIN and change <source file=...> and <driver type=...>, or the -drive/-blockdev filename of your QEMU command line",
+        report.destination.path, report.destination.format, report.source.path
+    ));
+    for u in &users {
+        report.references.push(format!("{} uses the source as its backing file: rebase it onto the new path (qemu-img rebase -u -b {} -F {} {})", u.display(), report.destination.path, report.destination.format, u.display()));
+    }
+
+    // Clean up.
+    timer.start(out, Phase::Cleanup);
+    if args.delete_source {
+        if !users.is_empty() {
+            report.warnings.push(format!(
+                "the source was NOT deleted: {} image(s) still use it as a backing file",
+                users.len()
+            ));
+        } else {
+            std::fs::remove_file(&chain.top().path)
+                .map_err(|e| format!("copy verified, but the source could not be deleted: {e}"))?;
+            report.source_deleted = true;
+        }
+    }
+    Ok(())
+}
+
+fn tail_is_zero(r: &ImageReader, from: u64, to: u64) -> bool {
+    let len = (to - from).min(1 << 20) as usize;
+    let mut buf = vec![0u8; len];
+    to - from <= 1 << 20 && r.read_at(&mut buf, from).is_ok() && vmshift_copy::zero::is_zero(&buf)
+}
+
+/// qcow2 images in the source's directory whose backing chain refers to `image`.
+fn images_using(image: &Path) -> Vec<PathBuf> {
+    let Ok(target) = std::fs::canonicalize(image) else {
+        return Vec::new();
+    };
+    let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut users = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if p == target || !p.is_file() {
+            continue;
+        }
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        let mut head = vec![0u8; 4096];
+        use std::io::Read;
+        let n = f.read(&mut head).unwrap_or(0);
+        let Ok(h) = vmshift_image::header::Qcow2Header::parse(&head[..n]) else {
+            continue;
+        };
+        let Some(name) = h.backing_file else { continue };
+        let resolved = if Path::new(&name).is_absolute() {
+            PathBuf::from(&name)
+        } else {
+            dir.join(&name)
+        };
+        if std::fs::canonicalize(&resolved).is_ok_and(|r| r == target) {
+            users.push(p);
+        }
+    }
+    users
+}
