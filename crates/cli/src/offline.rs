@@ -24,6 +24,16 @@ pub type ExitCode = i32;
 /// Chunk size of the copy engine and the digest passes, bytes.
 const CHUNK: u64 = 8 << 20;
 
+/// Chunk size for a copy limited to `bwlimit` bytes/s: about a quarter second of data, so
+/// the limit holds within a short window (1–8 MiB, whole MiB).
+fn copy_chunk(bwlimit: u64) -> u64 {
+    if bwlimit == 0 {
+        CHUNK
+    } else {
+        (bwlimit / 4).clamp(1 << 20, CHUNK) >> 20 << 20
+    }
+}
+
 fn layer_format(f: FormatArg) -> LayerFormat {
     match f {
         FormatArg::Raw => LayerFormat::Raw,
@@ -293,9 +303,7 @@ pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCo
         current: None,
     };
     out.event(serde_json::json!({"event": "job", "job_id": job.0, "kind": "offline"}));
-    if !args.json {
-        out.say(&format!("vmshift: job {job}"));
-    }
+    out.say(&format!("vmshift: job {job}"));
     timer.start(&out, Phase::Check);
     let c = check(args);
     report.source = c.source.clone();
@@ -308,9 +316,7 @@ pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCo
         allocated_bytes: 0,
         backing_chain: Vec::new(),
     };
-    if !args.json {
-        print_plan(&out, &c);
-    }
+    print_plan(&out, &c);
     let code = if !c.plan.go() {
         let msg = c
             .plan
@@ -352,7 +358,7 @@ pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCo
     report.duration_ms = vmshift_core::millis(started.elapsed());
     let path = write_report(&report, args.report.as_deref())?;
     out.event(serde_json::json!({"event": "report", "report": report}));
-    if !args.json {
+    {
         if let Some(e) = &report.error {
             out.say(&format!(
                 "vmshift: {}: {}",
@@ -468,7 +474,7 @@ fn execute(
     let counters = Arc::new(Counters::default());
     let opts = CopyOptions {
         threads,
-        chunk: CHUNK,
+        chunk: copy_chunk(args.bwlimit.unwrap_or(0)),
         bwlimit: args.bwlimit.unwrap_or(0),
         zero_granularity: match target_format {
             LayerFormat::Raw => 4096,

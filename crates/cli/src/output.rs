@@ -35,9 +35,7 @@ impl Output {
     /// A phase started.
     pub fn phase(&self, phase: Phase) {
         self.event(json!({"event": "phase", "phase": phase.as_str(), "state": "started"}));
-        if !self.json {
-            self.say(&format!("vmshift: {phase}"));
-        }
+        self.say(&format!("vmshift: {phase}"));
     }
 
     /// Starts reporting progress of `counters` until the returned guard is dropped.

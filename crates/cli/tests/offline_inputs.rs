@@ -4,7 +4,11 @@
 mod common;
 use common::*;
 
-fn migrate_ok(ws: &Ws, src: &std::path::Path, extra: &[&str]) -> (std::path::PathBuf, serde_json::Value) {
+fn migrate_ok(
+    ws: &Ws,
+    src: &std::path::Path,
+    extra: &[&str],
+) -> (std::path::PathBuf, serde_json::Value) {
     let dst = ws.mkdir("dst");
     let (code, report, out) = ws.migrate(src, &dst, extra);
     assert_eq!(code, 0, "migrate failed: {}", stderr(&out));
@@ -34,11 +38,24 @@ fn raw_sparse_20g_stays_sparse() {
     let f = std::fs::File::create(&src).unwrap();
     f.set_len(20 << 30).unwrap();
     drop(f);
-    qemu_io("raw", &src, &["write -P 0x11 0 1M", "write -P 0x22 7G 2M", "write -P 0x33 19G 1M"]);
+    qemu_io(
+        "raw",
+        &src,
+        &[
+            "write -P 0x11 0 1M",
+            "write -P 0x22 7G 2M",
+            "write -P 0x33 19G 1M",
+        ],
+    );
     let (dst, r) = migrate_ok(&ws, &src, &[]);
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), 20 << 30);
     assert!(identical_fmt(&src, "raw", &dst, "raw"));
-    assert!(allocated(&dst) <= allocated(&src) + 64 * 1024, "{} > {}", allocated(&dst), allocated(&src));
+    assert!(
+        allocated(&dst) <= allocated(&src) + 64 * 1024,
+        "{} > {}",
+        allocated(&dst),
+        allocated(&src)
+    );
     assert_eq!(r["bytes_copied"], 4 * M);
 }
 
@@ -47,8 +64,21 @@ fn qcow2_v3_and_v2_round_trip_with_exact_size() {
     for compat in ["1.1", "0.10"] {
         let ws = Ws::new();
         let src = ws.path("disk.qcow2");
-        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("compat={compat}"), p(&src), "64M"]);
-        qemu_io("qcow2", &src, &["write -P 0xa1 0 3M", "write -P 0xa2 40M 64k"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("compat={compat}"),
+            p(&src),
+            "64M",
+        ]);
+        qemu_io(
+            "qcow2",
+            &src,
+            &["write -P 0xa1 0 3M", "write -P 0xa2 40M 64k"],
+        );
         let (dst, _) = migrate_ok(&ws, &src, &[]);
         assert_same_image(&src, &dst);
         assert_eq!(info(&dst)["format"], "qcow2");
@@ -66,7 +96,11 @@ fn zero_clusters_stay_zero_and_unallocated_data_is_not_inflated() {
     let ws = Ws::new();
     let src = ws.path("z.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&src), "32M"]);
-    qemu_io("qcow2", &src, &["write -P 0x5 0 4M", "write -z 1M 2M", "write -P 0 8M 4M"]);
+    qemu_io(
+        "qcow2",
+        &src,
+        &["write -P 0x5 0 4M", "write -z 1M 2M", "write -P 0 8M 4M"],
+    );
     let (dst, r) = migrate_ok(&ws, &src, &[]);
     assert_same_image(&src, &dst);
     // 2 MiB of real data; the zero cluster range and the 4 MiB of written zeroes are not data.
@@ -78,10 +112,22 @@ fn zero_clusters_stay_zero_and_unallocated_data_is_not_inflated() {
 fn zlib_compressed_clusters_are_copied_and_the_report_says_compression_is_not_kept() {
     let ws = Ws::new();
     let raw = ws.path("plain.raw");
-    let text: Vec<u8> = (0..320_000).flat_map(|i| format!("{i:08} compressible text\n").into_bytes()).collect();
+    let text: Vec<u8> = (0..320_000)
+        .flat_map(|i| format!("{i:08} compressible text\n").into_bytes())
+        .collect();
     std::fs::write(&raw, &text[..8 << 20]).unwrap();
     let src = ws.path("c.qcow2");
-    qemu_img(&["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", p(&raw), p(&src)]);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        p(&raw),
+        p(&src),
+    ]);
     let (dst, r) = migrate_ok(&ws, &src, &[]);
     assert_same_image(&src, &dst);
     assert!(r["notes"].to_string().contains("compression is not kept"));
@@ -96,8 +142,36 @@ fn two_level_chain_with_relative_names_flattened_and_kept() {
     let top = dir.join("top.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
     qemu_io("qcow2", &base, &["write -P 0x11 0 8M"]);
-    run_in(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "mid.qcow2"]);
-    run_in(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2"]);
+    run_in(
+        &dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "mid.qcow2",
+        ],
+    );
+    run_in(
+        &dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
     qemu_io("qcow2", &mid, &["write -P 0x22 2M 2M"]);
     qemu_io("qcow2", &top, &["write -P 0x33 3M 512k", "write -z 6M 1M"]);
 
@@ -125,7 +199,16 @@ fn cluster_sizes_512_and_2m_and_unaligned_virtual_sizes() {
     for (cluster, size) in [("512", "10485761"), ("2M", "5000192"), ("64k", "1000000")] {
         let ws = Ws::new();
         let src = ws.path("c.qcow2");
-        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("cluster_size={cluster}"), p(&src), size]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size={cluster}"),
+            p(&src),
+            size,
+        ]);
         qemu_io("qcow2", &src, &["write -P 0x7e 0 300k"]);
         let (dst, _) = migrate_ok(&ws, &src, &[]);
         assert_same_image(&src, &dst);
@@ -153,10 +236,18 @@ fn qcow2_of_20_tib_with_2_mib_of_data_copies_only_the_data() {
     let ws = Ws::new();
     let src = ws.path("huge.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&src), "20T"]);
-    qemu_io("qcow2", &src, &["write -P 0x48 0 1M", "write -P 0x49 10T 1M"]);
+    qemu_io(
+        "qcow2",
+        &src,
+        &["write -P 0x48 0 1M", "write -P 0x49 10T 1M"],
+    );
     let (dst, r) = migrate_ok(&ws, &src, &[]);
     assert_eq!(virtual_size(&dst), 20 << 40);
     assert_eq!(r["bytes_copied"], 2 * M);
-    assert!(qemu_io_ro_ok(&dst, "qcow2", &["read -P 0x48 0 1M", "read -P 0x49 10T 1M"]));
+    assert!(qemu_io_ro_ok(
+        &dst,
+        "qcow2",
+        &["read -P 0x48 0 1M", "read -P 0x49 10T 1M"]
+    ));
     assert!(allocated(&dst) < allocated(&src) + 4 * M);
 }

@@ -160,6 +160,13 @@ pub fn copy_image(
             Unit::Chunk(idx) => {
                 let start = idx * opts.chunk;
                 let pieces = fill_chunk(source, extents, start, buf)?;
+                // Wait before writing, so a limited copy never bursts ahead of its rate.
+                let data_read: u64 = pieces
+                    .iter()
+                    .filter(|p| p.kind == ExtentKind::Data)
+                    .map(|p| p.len)
+                    .sum();
+                throttle.take(data_read);
                 for p in &pieces {
                     let at = buf_index(p.offset - start);
                     let data = &buf[at..at + buf_index(p.len)];
@@ -196,12 +203,6 @@ pub fn copy_image(
                 if let Some(d) = &digest {
                     d.add(start, buf);
                 }
-                let data_read: u64 = pieces
-                    .iter()
-                    .filter(|p| p.kind == ExtentKind::Data)
-                    .map(|p| p.len)
-                    .sum();
-                throttle.take(data_read);
                 counters.add_done(buf.len() as u64);
                 Ok(())
             }

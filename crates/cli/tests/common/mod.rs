@@ -68,19 +68,31 @@ impl Ws {
             .arg(id)
             .output()
             .unwrap();
-        assert!(out.status.success(), "make_cases {id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "make_cases {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let prefix = id.to_uppercase();
         std::fs::read_dir(self.path("cases"))
             .unwrap()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&prefix)
+            })
             .expect("case folder")
     }
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The report: the last NDJSON line of stdout with `"event":"report"`.
@@ -100,15 +112,30 @@ pub fn stderr(out: &Output) -> String {
 
 /// Runs a program, asserting success; returns stdout.
 pub fn run(prog: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(prog).args(args).output().unwrap();
-    assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a program in `dir`, asserting success.
 pub fn run_in(dir: &Path, prog: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(prog).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -128,9 +155,16 @@ pub fn qemu_io(fmt: &str, img: &Path, cmds: &[&str]) {
         a.push((*c).into());
     }
     a.push(p(img).to_string());
-    let out = std::process::Command::new("qemu-io").args(&a).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !text.to_lowercase().contains("fail") && !text.contains("rror"), "qemu-io {a:?}: {text}");
+    let out = std::process::Command::new("qemu-io")
+        .args(&a)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.to_lowercase().contains("fail") && !text.contains("rror"),
+        "qemu-io {a:?}: {text}"
+    );
 }
 
 /// Like [`qemu_io`] but read-only, returning whether all commands passed.
@@ -141,8 +175,12 @@ pub fn qemu_io_ro_ok(img: &Path, fmt: &str, cmds: &[&str]) -> bool {
         a.push((*c).into());
     }
     a.push(p(img).to_string());
-    let out = std::process::Command::new("qemu-io").args(&a).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = std::process::Command::new("qemu-io")
+        .args(&a)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     out.status.success() && !text.contains("Pattern verification failed") && !text.contains("rror")
 }
 
@@ -178,7 +216,12 @@ pub fn identical_fmt(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
 
 /// Identical content AND identical virtual size (compare alone calls padded images equal).
 pub fn assert_same_image(a: &Path, b: &Path) {
-    assert!(identical(a, b), "qemu-img compare: {} vs {}", a.display(), b.display());
+    assert!(
+        identical(a, b),
+        "qemu-img compare: {} vs {}",
+        a.display(),
+        b.display()
+    );
     assert_eq!(virtual_size(a), virtual_size(b), "virtual sizes differ");
 }
 
@@ -217,14 +260,27 @@ pub struct Tmpfs(pub PathBuf);
 impl Tmpfs {
     pub fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        run("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "vmshift-test", p(dir)]);
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "vmshift-test",
+                p(dir),
+            ],
+        );
         Tmpfs(dir.to_path_buf())
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -236,7 +292,16 @@ impl RunningQemu {
         let file = serde_json::json!({"driver": "file", "node-name": "f0", "filename": p(img)});
         let fmtn = serde_json::json!({"driver": fmt, "node-name": "d0", "file": "f0"});
         let child = std::process::Command::new("qemu-system-x86_64")
-            .args(["-machine", "none", "-accel", "tcg", "-nodefaults", "-display", "none", "-S"])
+            .args([
+                "-machine",
+                "none",
+                "-accel",
+                "tcg",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-S",
+            ])
             .arg("-blockdev")
             .arg(file.to_string())
             .arg("-blockdev")
