@@ -1,0 +1,254 @@
+//! The command line as an operator uses it: info, check, events, reports, cancellation,
+//! bandwidth limit, source deletion.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn sample(ws: &Ws) -> std::path::PathBuf {
+    let img = ws.path("web01.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&img), "64M"]);
+    qemu_io(
+        "qcow2",
+        &img,
+        &["write -P 0x61 0 4M", "write -P 0x62 32M 4M"],
+    );
+    img
+}
+
+#[test]
+fn info_shows_format_sizes_chain_and_lock_state() {
+    let ws = Ws::new();
+    let base = ws.path("base.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=128k",
+        p(&base),
+        "64M",
+    ]);
+    run_in(
+        ws.dir.path(),
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    let top = ws.path("top.qcow2");
+    qemu_io("qcow2", &top, &["write -P 1 0 1M"]);
+    let out = ws
+        .vmshift()
+        .args(["info", p(&top), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "qcow2");
+    assert_eq!(v["virtual_size"], 64 * M);
+    assert_eq!(v["cluster_size"], 65536);
+    assert_eq!(v["data_bytes"], M);
+    assert_eq!(v["backing_chain"][0]["recorded_name"], "base.qcow2");
+    assert_eq!(v["backing_chain"][0]["format"], "qcow2");
+    assert_eq!(v["lock"], "Free");
+    assert_eq!(v["encryption"], "none");
+    let text = ws.vmshift().args(["info", p(&top)]).output().unwrap();
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        t.contains("backing[0]:") && t.contains("in use:           no"),
+        "{t}"
+    );
+}
+
+#[test]
+fn check_prints_the_plan_and_exits_0_or_2() {
+    let ws = Ws::new();
+    let img = sample(&ws);
+    let dst = ws.mkdir("dst");
+    let out = ws
+        .vmshift()
+        .args(["check", p(&img), "--to", p(&dst)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("to copy      8.0 MiB") && err.contains("free at destination"),
+        "{err}"
+    );
+    assert!(listing(&dst).is_empty(), "check must not write");
+    std::fs::write(dst.join("web01.qcow2"), b"x").unwrap();
+    let out = ws
+        .vmshift()
+        .args(["check", p(&img), "--to", p(&dst)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already exists"));
+}
+
+#[test]
+fn json_events_come_in_phase_order_and_end_with_the_report_which_is_also_on_disk() {
+    let ws = Ws::new();
+    let img = sample(&ws);
+    let md = ws.path("report.md");
+    let (code, r, out) = ws.migrate(&img, &ws.mkdir("dst"), &["--report", p(&md)]);
+    assert_eq!(code, 0);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    assert_eq!(events[0]["event"], "job");
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "phase")
+        .map(|e| e["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "check",
+            "copy",
+            "verify",
+            "cutover",
+            "references",
+            "cleanup",
+            "report"
+        ]
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "progress" && e["total_bytes"].as_u64().unwrap() > 0));
+    assert_eq!(events.last().unwrap()["event"], "report");
+    for k in [
+        "job_id",
+        "kind",
+        "status",
+        "source",
+        "destination",
+        "phases",
+        "bytes_copied",
+        "bytes_skipped_zero",
+        "throughput_bytes_per_sec",
+        "verification",
+    ] {
+        assert!(!r[k].is_null(), "report lacks {k}");
+    }
+    assert_eq!(r["bytes_copied"], 8 * M);
+    assert_eq!(r["verification"]["algorithm"], "blake3-sparse-1MiB");
+    assert_eq!(r["verification"]["verified_bytes"], 64 * M);
+    let on_disk = ws.path(&format!(
+        "state/reports/{}.json",
+        r["job_id"].as_str().unwrap()
+    ));
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(on_disk).unwrap()).unwrap();
+    assert_eq!(saved, r);
+    assert!(std::fs::read_to_string(&md)
+        .unwrap()
+        .contains("**Status: succeeded**"));
+    assert!(stderr(&out)
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("report: "));
+}
+
+#[test]
+fn no_verify_is_reported_and_delete_source_removes_a_verified_source() {
+    let ws = Ws::new();
+    let img = sample(&ws);
+    let (code, r, _) = ws.migrate(&img, &ws.mkdir("a"), &["--no-verify"]);
+    assert_eq!(code, 0);
+    assert_eq!(r["verification"]["result"], "skipped");
+    assert!(r["warnings"].to_string().contains("--no-verify"));
+    let (code, _, out) = ws.migrate(&img, &ws.mkdir("b"), &["--no-verify", "--delete-source"]);
+    assert_eq!(code, 2, "deleting an unverified source must be refused");
+    assert!(stderr(&out).contains("--delete-source needs verification"));
+    let (code, r, _) = ws.migrate(&img, &ws.mkdir("c"), &["--delete-source"]);
+    assert_eq!(code, 0);
+    assert_eq!(r["source_deleted"], true);
+    assert!(!img.exists());
+}
+
+#[test]
+fn bwlimit_caps_the_copy_rate() {
+    let ws = Ws::new();
+    let img = ws.path("d.raw");
+    std::fs::write(&img, random_bytes(12 * M as usize, 3)).unwrap();
+    let t = Instant::now();
+    let (code, r, _) = ws.migrate(&img, &ws.mkdir("dst"), &["--bwlimit", "6M"]);
+    assert_eq!(code, 0);
+    // 12 MiB at 6 MiB/s cannot finish in under ~2 s (lower bound only: machines are noisy).
+    assert!(
+        t.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(r["throughput_bytes_per_sec"].as_u64().unwrap() <= 7 * M);
+}
+
+#[test]
+fn sigterm_mid_copy_cancels_and_leaves_no_target() {
+    let ws = Ws::new();
+    let img = ws.path("d.raw");
+    std::fs::write(&img, random_bytes(16 * M as usize, 4)).unwrap();
+    let dst = ws.mkdir("dst");
+    let bin = assert_cmd::cargo::cargo_bin("vmshift");
+    let child = std::process::Command::new(bin)
+        .args([
+            "migrate",
+            p(&img),
+            "--to",
+            p(&dst),
+            "--bwlimit",
+            "4M",
+            "--json",
+        ])
+        .env("VMSHIFT_STATE_DIR", ws.path("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    run("kill", &["-TERM", &child.id().to_string()]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let r = last_report(&out);
+    assert_eq!(r["status"], "cancelled");
+    assert_eq!(r["error"]["phase"], "copy");
+    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        random_bytes(16 * M as usize, 4)
+    );
+}
+
+#[test]
+fn demo_runs_the_main_job_on_a_sample_vm_disk() {
+    let ws = Ws::new();
+    let out = ws.vmshift().args(["demo", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = last_report(&out);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["verification"]["result"], "match");
+    let src = std::path::PathBuf::from(r["source"]["path"].as_str().unwrap());
+    let dst = std::path::PathBuf::from(r["destination"]["path"].as_str().unwrap());
+    assert_same_image(&src, &dst);
+    // The sample really is a VM disk with an ext4 filesystem holding files.
+    let raw = ws.path("fs.raw");
+    qemu_img(&["convert", "-O", "raw", p(&dst), p(&raw)]);
+    let listing = run("debugfs", &["-R", "ls -l /etc", p(&raw)]);
+    assert!(listing.contains("hostname"), "{listing}");
+}

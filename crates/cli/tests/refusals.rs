@@ -1,0 +1,159 @@
+//! Inputs that must be refused: exit 2, one clear line naming the image, nothing written at
+//! the destination, the source untouched.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn assert_refused(ws: &Ws, src: &Path, extra: &[&str], needle: &str) {
+    let dst = ws.mkdir(&format!("dst-{}", needle.len()));
+    let before = std::fs::read(src).ok();
+    let (code, r, out) = ws.migrate(src, &dst, extra);
+    let err = stderr(&out);
+    assert_eq!(code, 2, "not refused: {err}");
+    assert_eq!(r["status"], "refused");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("refused:"))
+        .unwrap_or_else(|| panic!("no refusal line: {err}"));
+    assert!(line.contains(needle), "{line}");
+    assert!(!err.contains("panicked"));
+    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+    assert_eq!(std::fs::read(src).ok(), before, "source changed");
+}
+
+#[test]
+fn missing_backing_file_is_refused() {
+    let ws = Ws::new();
+    let base = ws.path("base.qcow2");
+    let top = ws.path("top.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "8M"]);
+    run_in(
+        ws.dir.path(),
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    std::fs::remove_file(&base).unwrap();
+    assert_refused(&ws, &top, &[], "base.qcow2 cannot be opened");
+}
+
+#[test]
+fn backing_loop_is_refused() {
+    let ws = Ws::new();
+    let a = ws.path("a.qcow2");
+    let b = ws.path("b.qcow2");
+    run_in(
+        ws.dir.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "a.qcow2", "8M"],
+    );
+    run_in(
+        ws.dir.path(),
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2",
+        ],
+    );
+    // Point a at b: a loop (made with -u, which does not open the backing file).
+    run_in(
+        ws.dir.path(),
+        "qemu-img",
+        &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"],
+    );
+    assert_refused(&ws, &b, &[], "loop");
+    let _ = a;
+}
+
+#[test]
+fn a_source_held_by_a_running_qemu_is_refused_and_force_share_marks_the_copy() {
+    let ws = Ws::new();
+    let img = ws.path("vm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&img), "16M"]);
+    qemu_io("qcow2", &img, &["write -P 0x42 0 1M"]);
+    let vm = RunningQemu::start(&img, "qcow2");
+    assert_refused(&ws, &img, &[], "in use by a running VM");
+    let (code, r, out) = ws.migrate(&img, &ws.mkdir("forced"), &["--force-share"]);
+    drop(vm);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    assert_eq!(r["consistency"], "crash_consistent");
+    assert!(r["warnings"].to_string().contains("crash-consistent"));
+}
+
+#[test]
+fn a_qcow2_with_a_broken_header_is_refused() {
+    let ws = Ws::new();
+    let img = ws.path("bad.qcow2");
+    let mut bytes = vec![0u8; 4096];
+    bytes[..4].copy_from_slice(b"QFI\xfb");
+    bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+    bytes[20..24].copy_from_slice(&99u32.to_be_bytes());
+    std::fs::write(&img, bytes).unwrap();
+    assert_refused(&ws, &img, &[], "invalid qcow2 header");
+}
+
+#[test]
+fn other_formats_are_refused_with_a_conversion_hint() {
+    let ws = Ws::new();
+    let img = ws.path("disk.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", p(&img), "8M"]);
+    assert_refused(&ws, &img, &[], "vmdk");
+}
+
+#[test]
+fn bad_usage_exits_2_with_one_line() {
+    let ws = Ws::new();
+    let out = ws
+        .vmshift()
+        .args(["migrate", "/nonexistent/disk.qcow2", "--to", "/tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/nonexistent/disk.qcow2 cannot be opened"));
+    let src = ws.path("d.raw");
+    std::fs::write(&src, [1u8; 4096]).unwrap();
+    let out = ws
+        .vmshift()
+        .args([
+            "migrate",
+            p(&src),
+            "--to",
+            p(ws.dir.path()),
+            "--bwlimit",
+            "fast",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid size \"fast\""),
+        "{}",
+        stderr(&out)
+    );
+    // Destination directory missing.
+    let out = ws
+        .vmshift()
+        .args(["migrate", p(&src), "--to", "/nonexistent-dir/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not exist"));
+    // Source onto itself.
+    let out = ws
+        .vmshift()
+        .args(["migrate", p(&src), "--to", p(&src), "--overwrite"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is the source image"));
+    assert_eq!(std::fs::read(&src).unwrap(), vec![1u8; 4096]);
+}
