@@ -202,26 +202,30 @@ fn abs(p: &Path) -> String {
 }
 
 fn print_plan(out: &Output, c: &Checked) {
+    print_plan_with(&|l: &str| out.say(l), c);
+}
+
+fn print_plan_with(say: &dyn Fn(&str), c: &Checked) {
     let p = &c.plan;
-    out.say(&format!(
+    say(&format!(
         "source       {} ({}, {} virtual, {} allocated)",
         c.source.path,
         c.source.format,
         format_bytes(c.source.virtual_size),
         format_bytes(c.source.allocated_bytes)
     ));
-    out.say(&format!(
+    say(&format!(
         "target       {} ({}, {} virtual)",
         abs(&c.target_path),
         p.target_format.as_str(),
         format_bytes(p.target_virtual_size)
     ));
-    out.say(&format!("backing      {}", p.backing));
-    out.say(&format!(
+    say(&format!("backing      {}", p.backing));
+    say(&format!(
         "to copy      {} of data",
         format_bytes(p.bytes_to_copy)
     ));
-    out.say(&format!(
+    say(&format!(
         "target needs up to {} ({} bytes); free at destination {} ({} bytes)",
         format_bytes(p.target_bytes),
         p.target_bytes,
@@ -229,10 +233,10 @@ fn print_plan(out: &Output, c: &Checked) {
         p.free_bytes
     ));
     for n in &p.notes {
-        out.say(&format!("note: {n}"));
+        say(&format!("note: {n}"));
     }
     for pr in &p.problems {
-        out.say(&format!("refused: {}", pr.one_line()));
+        say(&format!("refused: {}", pr.one_line()));
     }
 }
 
@@ -243,12 +247,16 @@ pub fn run_check(args: &MigrateArgs) -> Result<ExitCode> {
     if args.json {
         out.event(serde_json::json!({"event": "plan", "go": c.plan.go(), "source": c.source, "plan": c.plan}));
     } else {
-        print_plan(&out, &c);
-        out.say(if c.plan.go() {
-            "check: the migration would go ahead"
-        } else {
-            "check: refused"
-        });
+        // The plan is what `check` produces: stdout.
+        print_plan_with(&|l: &str| println!("{l}"), &c);
+        println!(
+            "{}",
+            if c.plan.go() {
+                "check: the migration would go ahead"
+            } else {
+                "check: refused"
+            }
+        );
     }
     Ok(if c.plan.go() { 0 } else { 2 })
 }

@@ -81,10 +81,10 @@ fn check_prints_the_plan_and_exits_0_or_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let err = stderr(&out);
+    let plan = String::from_utf8_lossy(&out.stdout);
     assert!(
-        err.contains("to copy      8.0 MiB") && err.contains("free at destination"),
-        "{err}"
+        plan.contains("to copy      8.0 MiB") && plan.contains("free at destination"),
+        "{plan}"
     );
     assert!(listing(&dst).is_empty(), "check must not write");
     std::fs::write(dst.join("web01.qcow2"), b"x").unwrap();
@@ -94,7 +94,10 @@ fn check_prints_the_plan_and_exits_0_or_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("already exists"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("refused: ")
+            && String::from_utf8_lossy(&out.stdout).contains("already exists")
+    );
 }
 
 #[test]

@@ -311,7 +311,7 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         problems.push(Problem::new(
             "target_exists",
             format!("target {} already exists", dst.target_path),
-            "pass --overwrite to replace it (it is replaced only after the copy is verified)",
+            "pass --overwrite to replace it; the old file is replaced only after the copy is verified",
         ));
     }
     if target_format == TargetFormat::Raw && dst.file_too_large == Some(true) {

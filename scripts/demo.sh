@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Quick start 1: installs what vmshift needs, builds it, and runs `vmshift demo` — the main job
+# (an offline migration with verification and a report) on a bundled sample VM disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --release --quiet --bin vmshift
+exec ./target/release/vmshift demo "$@"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Quick start 2: installs what the tests need (QEMU 7.2 tools, busybox, the guest kernel),
+# then runs the whole test suite: unit tests, and integration tests against real qemu-img,
+# qemu-io and qemu-system-x86_64 (TCG).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+if [ -x scripts/build-guest.sh ]; then
+  bash scripts/build-guest.sh
+fi
+# Integration tests start QEMU processes and mount small tmpfs datastores (as root);
+# two test threads keep them from starving each other on a 2-core machine.
+exec cargo test --workspace --all-targets -- --test-threads="${VMSHIFT_TEST_THREADS:-2}"
