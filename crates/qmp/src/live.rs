@@ -645,7 +645,10 @@ struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     fn new(plan: &'a LivePlan) -> Driver<'a> {
-        let tag = format!("vmshift{}", std::process::id());
+        // Unique per run: a VM may already run on nodes of an earlier run of this process.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("vmshift{}r{n}", std::process::id());
         let runs = plan
             .disks
             .iter()
@@ -719,21 +722,49 @@ impl<'a> Driver<'a> {
         let opts = &self.plan.options;
         // 1. guest write rate per disk, sampled before anything starts
         self.report("sampling", None, cb);
+        // Two views of the guest's writes: the device's wr_bytes counter, and a temporary
+        // dirty bitmap on the node, which also sees writes that bypass the device's
+        // accounting (e.g. HMP qemu-io, block jobs of others). The larger rate wins.
+        let mut bitmaps = Vec::new();
+        for r in &self.runs {
+            let name = format!("{}-rate", r.job_id);
+            let node = r.planned.disk.node_name.clone();
+            if qmp
+                .call(
+                    "block-dirty-bitmap-add",
+                    json!({"node": node, "name": name, "persistent": false}),
+                )
+                .is_ok()
+            {
+                bitmaps.push((node, name));
+            }
+        }
         let before = blockstats(qmp)?;
         let t = Instant::now();
         while t.elapsed() < opts.rate_sample {
             if cancel.load(Ordering::SeqCst) {
+                remove_bitmaps(qmp, &bitmaps);
                 return Err(LiveError::Cancelled);
             }
             std::thread::sleep(Duration::from_millis(50).min(opts.rate_sample));
         }
         let after = blockstats(qmp)?;
         let elapsed = t.elapsed();
+        let nodes = qmp.call("query-named-block-nodes", json!({"flat": true}))?;
+        remove_bitmaps(qmp, &bitmaps);
         for r in &mut self.runs {
             let key = stats_key(&r.planned.disk);
             let b = before.get(&key).copied().unwrap_or(0);
             let a = after.get(&key).copied().unwrap_or(b);
-            r.write_rate = policy::write_rate(b, a, elapsed);
+            let counted = policy::write_rate(b, a, elapsed);
+            let dirtied = bitmap_count(
+                &nodes,
+                &r.planned.disk.node_name,
+                &format!("{}-rate", r.job_id),
+            )
+            .map(|c| policy::write_rate(0, c, elapsed))
+            .unwrap_or(0);
+            r.write_rate = counted.max(dirtied);
             r.decision = policy::choose_copy_mode(
                 opts.copy_mode,
                 r.write_rate,
@@ -1268,6 +1299,31 @@ fn nodes_for_file(nodes: &Value, file: &str) -> Vec<String> {
 
 fn stats_key(d: &DiskInfo) -> String {
     d.qdev.clone().unwrap_or_else(|| d.block_device.clone())
+}
+
+fn remove_bitmaps(qmp: &mut Qmp, bitmaps: &[(String, String)]) {
+    for (node, name) in bitmaps {
+        if let Err(e) = qmp.call(
+            "block-dirty-bitmap-remove",
+            json!({"node": node, "name": name}),
+        ) {
+            tracing::warn!(%node, %name, %e, "cannot remove the rate-sampling dirty bitmap");
+        }
+    }
+}
+
+/// Dirty bytes counted by bitmap `name` on node `node` in a `query-named-block-nodes` reply.
+fn bitmap_count(nodes: &Value, node: &str, name: &str) -> Option<u64> {
+    nodes
+        .as_array()?
+        .iter()
+        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))?
+        .get("dirty-bitmaps")?
+        .as_array()?
+        .iter()
+        .find(|b| b.get("name").and_then(Value::as_str) == Some(name))?
+        .get("count")?
+        .as_u64()
 }
 
 /// `wr_bytes` of every device, keyed by qdev path (or device name when there is none).

@@ -12,8 +12,10 @@ pub const ASSUMED_COPY_RATE: u64 = 16 << 20;
 pub const BOUND_SLACK: Duration = Duration::from_secs(10);
 
 /// A guest writing faster than this fraction of the copy rate gets write-blocking up front
-/// under `auto` (numerator / denominator = 1/2).
-pub const WRITE_BLOCKING_THRESHOLD: (u64, u64) = (1, 2);
+/// under `auto` (numerator / denominator = 3/4). Background converges in theory whenever the
+/// guest writes slower than the copy; the margin covers rate jitter and dirty-bitmap
+/// granularity (a 4 KiB write re-dirties a whole 64 KiB chunk).
+pub const WRITE_BLOCKING_THRESHOLD: (u64, u64) = (3, 4);
 
 /// How the mirror treats guest writes while it copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
