@@ -162,7 +162,7 @@ pub fn batches_logged(serial_log: &str, dev: &str) -> usize {
     serial_log
         .lines()
         .filter(|l| {
-            let mut it = l.trim().split_whitespace();
+            let mut it = l.split_whitespace();
             it.next() == Some("VMSHIFT-SEQ") && it.nth(1) == Some(dev)
         })
         .count()
