@@ -101,6 +101,14 @@ pub fn digest_image(
         .extents(0, size, false)
         .map_err(|e| CopyError::read(0, e))?;
     let units = plan_units(&extents, chunk, false);
+    let pass: u64 = units
+        .iter()
+        .map(|u| match u {
+            Unit::Chunk(i) => chunk.min(size - i * chunk),
+            Unit::Zero { .. } => 0,
+        })
+        .sum();
+    counters.start_pass(pass);
     let digest = SparseDigest::new(size);
     for_each_unit(&units, threads, chunk, size, cancel, |unit, buf| {
         let Unit::Chunk(idx) = unit else {
