@@ -8,6 +8,7 @@
 //! * [`policy`]: the pure decisions (copy mode, convergence bound, ETA), unit tested.
 //! * [`live`]: plan and run a live migration of a running VM's disks.
 //! * [`stamp`]: the test guest's block stamp format and an image verifier.
+//! * [`testvm`]: build the test guest and run QEMU processes for tests and the demo.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod features;
 pub mod live;
 pub mod policy;
 pub mod stamp;
+pub mod testvm;
 
 pub use client::{Event, Qmp};
 pub use disk::DiskInfo;

@@ -433,7 +433,10 @@ fn cancel_mid_copy_leaves_the_vm_on_its_source() {
         t.elapsed()
     );
     assert!(err.is_cancelled(), "{err}");
-    assert!((2 * MIB..32 * MIB).contains(&seen_copy), "cancelled at {seen_copy}");
+    assert!(
+        (2 * MIB..32 * MIB).contains(&seen_copy),
+        "cancelled at {seen_copy}"
+    );
     assert_eq!(
         attached(&mut qmp, "vd0"),
         ("disk0".to_owned(), src.display().to_string())

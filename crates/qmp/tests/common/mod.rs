@@ -4,9 +4,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use vmshift_qmp::stamp;
@@ -128,18 +128,12 @@ pub fn file_digest(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read")
 }
 
-/// A disk attached to a test VM: node `disk{i}` over `disk{i}-file`, device `vd{i}`.
-#[derive(Clone)]
-pub struct Disk {
-    pub path: PathBuf,
-    pub format: &'static str,
-}
+pub use vmshift_qmp::testvm::Disk;
+use vmshift_qmp::testvm::{Guest, TestVm};
 
-/// A QEMU process owned by the test; killed (by its pid) on drop.
+/// A QEMU process owned by the test (see [`TestVm`]); helpers panic instead of erroring.
 pub struct Vm {
-    child: Option<Child>,
-    pub dir: PathBuf,
-    pub qmp_path: PathBuf,
+    inner: TestVm,
     pub serial: PathBuf,
 }
 
@@ -147,138 +141,48 @@ impl Vm {
     /// Boots the test guest with `disks` and extra kernel parameters.
     pub fn boot(dir: &Path, disks: &[Disk], params: &str) -> Vm {
         let (kernel, initrd) = guest();
-        let append = format!("console=ttyS0 quiet panic=-1 {params}");
-        Vm::start(
-            dir,
-            disks,
-            &[
-                "-kernel",
-                p(&kernel),
-                "-initrd",
-                p(&initrd),
-                "-append",
-                &append,
-                "-m",
-                "256",
-            ],
-        )
+        let inner = TestVm::boot(dir, &Guest { kernel, initrd }, disks, params).expect("boot");
+        Vm {
+            serial: inner.serial.clone(),
+            inner,
+        }
     }
 
     /// Starts a guest-less VM (CPUs paused) with `disks`, like the cases' env_start.sh.
     pub fn paused(dir: &Path, disks: &[Disk]) -> Vm {
-        Vm::start(dir, disks, &["-S", "-m", "64"])
-    }
-
-    fn start(dir: &Path, disks: &[Disk], extra: &[&str]) -> Vm {
-        let qmp_path = dir.join("qmp.sock");
-        let serial = dir.join("serial.log");
-        let _ = std::fs::remove_file(&qmp_path);
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-machine",
-            "q35,accel=tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-        ]);
-        cmd.arg("-serial").arg(format!("file:{}", serial.display()));
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
-        for (i, d) in disks.iter().enumerate() {
-            let file = json!({"driver": "file", "node-name": format!("disk{i}-file"), "filename": d.path, "discard": "unmap"});
-            let fmt = json!({"driver": d.format, "node-name": format!("disk{i}"), "file": format!("disk{i}-file"), "discard": "unmap"});
-            cmd.arg("-blockdev")
-                .arg(file.to_string())
-                .arg("-blockdev")
-                .arg(fmt.to_string());
-            cmd.arg("-device")
-                .arg(format!("virtio-blk-pci,drive=disk{i},id=vd{i}"));
-        }
-        cmd.args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("spawn qemu-system-x86_64");
+        let inner = TestVm::paused(dir, disks).expect("start");
         Vm {
-            child: Some(child),
-            dir: dir.to_owned(),
-            qmp_path,
-            serial,
+            serial: inner.serial.clone(),
+            inner,
         }
     }
 
     pub fn qmp(&self) -> Qmp {
-        let mut q = Qmp::connect(&self.qmp_path, Duration::from_secs(20)).expect("QMP connect");
-        q.set_timeout(Duration::from_secs(60));
-        q
+        self.inner.qmp().expect("QMP connect")
     }
 
     pub fn serial_log(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
+        self.inner.serial_log()
     }
 
-    /// Waits until the serial log contains `needle` (panics after `timeout`).
     pub fn wait_serial(&self, needle: &str, timeout: Duration) {
-        let t = Instant::now();
-        while t.elapsed() < timeout {
-            if self.serial_log().contains(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(e) = self.inner.wait_serial(needle, timeout) {
+            panic!("{e}; serial log:\n{}", self.serial_log());
         }
-        panic!(
-            "guest never logged {needle:?}; serial log:\n{}",
-            self.serial_log()
-        );
     }
 
-    /// Waits until the guest logged at least `n` more batches for `dev` than `since`.
     pub fn wait_batches(&self, dev: &str, since: usize, n: usize, timeout: Duration) -> usize {
-        let t = Instant::now();
-        loop {
-            let c = stamp::batches_logged(&self.serial_log(), dev);
-            if c >= since + n {
-                return c;
-            }
-            assert!(
-                t.elapsed() < timeout,
-                "guest wrote only {} batches on {dev} in {timeout:?}",
-                c - since
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.inner
+            .wait_batches(dev, since, n, timeout)
+            .expect("guest writes")
     }
 
-    /// Asks QEMU to quit and waits for the process to exit.
     pub fn quit(&mut self, qmp: &mut Qmp) {
-        let _ = qmp.execute("quit", None);
-        self.wait_exit(Duration::from_secs(30));
+        self.inner.quit(qmp).expect("quit");
     }
 
-    /// Waits for the guest to power off by itself.
     pub fn wait_exit(&mut self, timeout: Duration) {
-        let Some(child) = self.child.as_mut() else {
-            return;
-        };
-        let t = Instant::now();
-        while t.elapsed() < timeout {
-            if child.try_wait().expect("try_wait").is_some() {
-                self.child = None;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("QEMU did not exit within {timeout:?}");
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.wait_exit(timeout).expect("guest exit");
     }
 }
 
