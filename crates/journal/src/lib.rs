@@ -1,1 +1,22 @@
-//! placeholder
+//! vmshift's job journal: every job, its phases and, for offline copies, the chunks already
+//! copied and made durable, in one SQLite database (`<state>/journal.sqlite`, WAL mode).
+//!
+//! Contract with the copy engine (see `vmshift-cli`'s checkpointer): a chunk is recorded only
+//! after the target's data for it was `fsync`'d, so every recorded chunk is on stable storage
+//! in the partial target; a chunk written but not yet recorded is simply copied again on
+//! resume. Commits use `synchronous=FULL`, so a recorded chunk survives power loss too.
+//!
+//! - [`store`]: the [`Journal`] and its records.
+//! - [`lock`]: per-job and per-target OS file locks (released when a process dies).
+//! - [`error`]: [`JournalError`], naming the database file.
+
+pub mod error;
+pub mod lock;
+pub mod store;
+
+pub use error::JournalError;
+pub use lock::{FileLock, LockError};
+pub use store::{ChunkRecord, JobRecord, Journal, NewJob, PhaseRecord, SCHEMA_VERSION};
+
+/// File name of the journal inside the state directory.
+pub const JOURNAL_FILE: &str = "journal.sqlite";
