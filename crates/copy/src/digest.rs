@@ -43,6 +43,19 @@ impl SparseDigest {
         self.size
     }
 
+    /// Like [`SparseDigest::add`], and returns [`chunk_digest`] of `buf` from the same block
+    /// hashes (no second pass over the data).
+    pub fn add_chunk(&self, offset: u64, buf: &[u8]) -> [u8; 32] {
+        let usable = buf_index(self.size.saturating_sub(offset).min(buf.len() as u64));
+        let local = block_hashes(offset, &buf[..usable]);
+        let d = combine(&local, usable as u64);
+        if !local.is_empty() {
+            let mut map = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            map.extend(local);
+        }
+        d
+    }
+
     /// Hashes `buf`, the guest bytes at `offset` (a multiple of [`DIGEST_BLOCK`]); bytes past
     /// `size` are ignored.
     pub fn add(&self, offset: u64, buf: &[u8]) {
@@ -82,6 +95,36 @@ impl SparseDigest {
         let keys: std::collections::BTreeSet<u64> = a.keys().chain(b.keys()).copied().collect();
         keys.into_iter().find(|k| a.get(k) != b.get(k))
     }
+}
+
+fn block_hashes(offset: u64, buf: &[u8]) -> Vec<(u64, [u8; 32])> {
+    buf.chunks(buf_index(DIGEST_BLOCK))
+        .enumerate()
+        .filter(|(_, b)| !is_zero(b))
+        .map(|(i, b)| {
+            (
+                offset / DIGEST_BLOCK + i as u64,
+                *blake3::hash(b).as_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn combine(blocks: &[(u64, [u8; 32])], len: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for (idx, hash) in blocks {
+        h.update(&idx.to_le_bytes());
+        h.update(hash);
+    }
+    h.update(&len.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The digest of one chunk of guest bytes at `offset` (a multiple of [`DIGEST_BLOCK`]): the
+/// same per-block construction as the image digest, over `buf` only. Journals record it
+/// per copied chunk so a resume can prove source and partial target still hold that chunk.
+pub fn chunk_digest(offset: u64, buf: &[u8]) -> [u8; 32] {
+    combine(&block_hashes(offset, buf), buf.len() as u64)
 }
 
 /// Digests the first `size` guest bytes of `reader` using its block status, with `threads`
@@ -165,5 +208,21 @@ mod tests {
         d.add(0, &other);
         assert_ne!(a.hex(), d.hex());
         assert_eq!(a.first_differing_block(&d), Some(1));
+    }
+
+    #[test]
+    fn chunk_digests_match_whether_computed_alone_or_while_adding() {
+        let mut buf = vec![0u8; 3 << 20];
+        buf[(2 << 20) + 1] = 7;
+        let a = SparseDigest::new(16 << 20);
+        let d = a.add_chunk(8 << 20, &buf);
+        assert_eq!(d, chunk_digest(8 << 20, &buf));
+        assert_ne!(
+            d,
+            chunk_digest(0, &buf),
+            "the offset is part of a chunk digest"
+        );
+        buf[5] = 1;
+        assert_ne!(d, chunk_digest(8 << 20, &buf));
     }
 }

@@ -35,6 +35,10 @@ pub enum CopyError {
     /// The cancel flag was raised; stopped at a chunk boundary.
     #[error("cancelled")]
     Cancelled,
+    /// A [`CopyHooks::on_chunk`] callback failed (e.g. the checkpoint could not be made
+    /// durable); the message is the callback's, one line.
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl CopyError {
@@ -116,6 +120,36 @@ pub struct CopyStats {
     pub source_digest: Option<SparseDigest>,
 }
 
+/// One data chunk finished: all its writes returned (not yet synced).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkDone {
+    /// Chunk index (guest offset / chunk size).
+    pub index: u64,
+    /// Guest offset in bytes.
+    pub offset: u64,
+    /// Guest bytes the chunk covers.
+    pub len: u64,
+    /// Bytes written as data in this chunk (zeroes excluded).
+    pub bytes: u64,
+    /// [`crate::digest::chunk_digest`] of the chunk's guest bytes.
+    pub digest: [u8; 32],
+}
+
+/// Optional checkpoint hooks for resumable copies (journal). The default does nothing.
+#[derive(Default)]
+pub struct CopyHooks<'a> {
+    /// Data chunks (by index) already copied by an earlier run: not read, not written.
+    pub skip: Option<&'a std::collections::HashSet<u64>>,
+    /// Called on the worker thread after each data chunk's writes returned, in completion
+    /// order. An error stops the copy like a write error.
+    #[allow(clippy::type_complexity)]
+    pub on_chunk: Option<&'a (dyn Fn(ChunkDone) -> Result<(), CopyError> + Sync)>,
+    /// The data chunks may hold stale bytes (a reused partial target, restarted ranges):
+    /// write their zero runs explicitly even when `target_is_zero` is set. Ranges outside
+    /// data chunks still follow `target_is_zero`.
+    pub chunks_not_zero: bool,
+}
+
 /// Copies `source` (its block status `extents`, from [`ImageReader::extents`]) into `target`.
 ///
 /// The target is not synced here: the caller syncs before trusting it.
@@ -130,11 +164,46 @@ pub fn copy_image(
     cancel: &AtomicBool,
     counters: &Counters,
 ) -> Result<CopyStats, CopyError> {
+    copy_image_with(
+        source,
+        extents,
+        target,
+        opts,
+        &CopyHooks::default(),
+        cancel,
+        counters,
+    )
+}
+
+/// [`copy_image`] with checkpoint hooks: chunks in `hooks.skip` are left alone, and
+/// `hooks.on_chunk` hears of every chunk written. With `skip` set, `opts.hash` covers only
+/// the chunks copied in this call (the caller digests the whole image to verify).
+///
+/// # Errors
+/// As [`copy_image`], plus [`CopyError::Hook`] from the callback.
+pub fn copy_image_with(
+    source: &ImageReader,
+    extents: &[Extent],
+    target: &TargetImage,
+    opts: &CopyOptions,
+    hooks: &CopyHooks<'_>,
+    cancel: &AtomicBool,
+    counters: &Counters,
+) -> Result<CopyStats, CopyError> {
     let started = Instant::now();
     let size = source.virtual_size();
     let need_zero_writes = !opts.target_is_zero;
+    let zero_in_chunks = need_zero_writes || hooks.chunks_not_zero;
     let units = plan_units(extents, opts.chunk, need_zero_writes);
-    let chunk_bytes: u64 = units
+    let work: Vec<Unit> = match hooks.skip {
+        Some(skip) => units
+            .iter()
+            .copied()
+            .filter(|u| !matches!(u, Unit::Chunk(i) if skip.contains(i)))
+            .collect(),
+        None => units.clone(),
+    };
+    let chunk_bytes: u64 = work
         .iter()
         .map(|u| match u {
             Unit::Chunk(i) => opts.chunk.min(size - i * opts.chunk),
@@ -145,7 +214,7 @@ pub fn copy_image(
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
     for_each_unit(
-        &units,
+        &work,
         opts.threads,
         opts.chunk,
         size,
@@ -167,6 +236,7 @@ pub fn copy_image(
                     .map(|p| p.len)
                     .sum();
                 throttle.take(data_read);
+                let mut written = 0u64;
                 for p in &pieces {
                     let at = buf_index(p.offset - start);
                     let data = &buf[at..at + buf_index(p.len)];
@@ -175,7 +245,7 @@ pub fn copy_image(
                             for (zero, s, n) in zero_runs(data, opts.zero_granularity) {
                                 let off = p.offset + s as u64;
                                 if zero {
-                                    if need_zero_writes || opts.shallow {
+                                    if zero_in_chunks || opts.shallow {
                                         target
                                             .write_zeroes(off, n as u64)
                                             .map_err(|e| CopyError::write(off, e))?;
@@ -186,11 +256,12 @@ pub fn copy_image(
                                         .write_at(&data[s..s + n], off)
                                         .map_err(|e| CopyError::write(off, e))?;
                                     counters.copied.fetch_add(n as u64, Ordering::Relaxed);
+                                    written += n as u64;
                                 }
                             }
                         }
                         ExtentKind::Zero | ExtentKind::ExplicitZero => {
-                            if need_zero_writes || p.kind == ExtentKind::ExplicitZero {
+                            if zero_in_chunks || p.kind == ExtentKind::ExplicitZero {
                                 target
                                     .write_zeroes(p.offset, p.len)
                                     .map_err(|e| CopyError::write(p.offset, e))?;
@@ -200,7 +271,19 @@ pub fn copy_image(
                         ExtentKind::Backing => {}
                     }
                 }
-                if let Some(d) = &digest {
+                if let Some(cb) = hooks.on_chunk {
+                    let chunk_digest = match &digest {
+                        Some(d) => d.add_chunk(start, buf),
+                        None => crate::digest::chunk_digest(start, buf),
+                    };
+                    cb(ChunkDone {
+                        index: idx,
+                        offset: start,
+                        len: buf.len() as u64,
+                        bytes: written,
+                        digest: chunk_digest,
+                    })?;
+                } else if let Some(d) = &digest {
                     d.add(start, buf);
                 }
                 counters.add_done(buf.len() as u64);

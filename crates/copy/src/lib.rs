@@ -12,5 +12,7 @@ pub mod plan;
 pub mod throttle;
 pub mod zero;
 
-pub use digest::{digest_image, first_difference, SparseDigest, DIGEST_BLOCK};
-pub use engine::{copy_image, CopyError, CopyOptions, CopyStats, Counters};
+pub use digest::{chunk_digest, digest_image, first_difference, SparseDigest, DIGEST_BLOCK};
+pub use engine::{
+    copy_image, copy_image_with, ChunkDone, CopyError, CopyHooks, CopyOptions, CopyStats, Counters,
+};
