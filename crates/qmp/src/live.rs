@@ -840,6 +840,14 @@ impl<'a> Driver<'a> {
         let r = &mut self.runs[i];
         let p = &r.planned;
         if p.existing.is_none() {
+            // `qemu-img create` truncates an existing file: never let a file that appeared
+            // since the check be overwritten.
+            if p.target.symlink_metadata().is_ok() {
+                return Err(LiveError::CreateTarget {
+                    path: p.target.clone(),
+                    message: "the file appeared after the check; refusing to overwrite it".into(),
+                });
+            }
             let mut cmd = Command::new(&opts.qemu_img);
             cmd.arg("create").arg("-q").arg("-f").arg(p.format.as_str());
             if p.sync == SyncMode::Top {
