@@ -13,7 +13,8 @@ pub struct Cli {
 }
 
 /// Image formats vmshift writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FormatArg {
     /// Plain bytes, sparse.
     Raw,
@@ -49,10 +50,51 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the jobs in the journal (id, kind, source, destination, status, progress).
+    Jobs {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job (id or unique prefix) with its phase history.
+    Status {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue an interrupted or failed offline job from its last checkpoint.
+    Resume {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Also write the report here (JSON, or Markdown when the name ends in .md).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Print NDJSON events on stdout (human text goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running job at the next chunk boundary (or close an interrupted one).
+    Cancel {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Keep the partial target so `vmshift resume` can continue later.
+        #[arg(long)]
+        keep_partial: bool,
+    },
+    /// Undo a succeeded offline job: delete its target (the source must still exist).
+    Rollback {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Arguments shared by `check` and `migrate`.
-#[derive(Debug, Clone, clap::Args)]
+/// Arguments shared by `check` and `migrate` (also stored in the journal to resume a job).
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct MigrateArgs {
     /// The source image (qcow2 or raw).
     pub source: PathBuf,
@@ -96,6 +138,17 @@ pub struct MigrateArgs {
     /// Also write the report here (JSON, or Markdown when the name ends in .md).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Keep the partial target on any failure or cancellation (default: kept after a crash
+    /// or a read/write error, removed after cancellation, out-of-space or a verification
+    /// mismatch), so `vmshift resume` continues from the last checkpoint.
+    #[arg(long)]
+    #[serde(default)]
+    pub keep_partial: bool,
+    /// Do not record the job in the journal (no resume; the partial target is removed on
+    /// any failure).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_journal: bool,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

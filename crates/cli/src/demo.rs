@@ -106,6 +106,8 @@ pub fn run_demo(json: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         threads: None,
         json,
         report: Some(report.clone()),
+        keep_partial: false,
+        no_journal: false,
     };
     let code = run_migrate(&args, cancel)?;
     if !json {

@@ -4,8 +4,10 @@
 mod cli;
 mod demo;
 mod info;
+mod jobs;
 mod offline;
 mod output;
+mod resume;
 mod state;
 
 use clap::Parser;
@@ -33,6 +35,13 @@ fn main() {
         Command::Check(args) => offline::run_check(args),
         Command::Migrate(args) => offline::run_migrate(args, cancel),
         Command::Demo { json } => demo::run_demo(*json, cancel),
+        Command::Jobs { json } => jobs::run_jobs(*json),
+        Command::Status { job, json } => jobs::run_status(job, *json),
+        Command::Resume { job, report, json } => {
+            resume::run_resume(job, report.clone(), *json, cancel)
+        }
+        Command::Cancel { job, keep_partial } => jobs::run_cancel(job, *keep_partial),
+        Command::Rollback { job, json } => jobs::run_rollback(job, *json),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -2,15 +2,18 @@
 //! Decisions come from `vmshift_core::plan`; this module only gathers facts and does I/O.
 
 use crate::cli::{FormatArg, MigrateArgs};
+use crate::jobs::{lock_job, open_journal, test_kill_point, Checkpointer, JournalLink};
 use crate::output::Output;
 use crate::state::write_report;
 use anyhow::Result;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vmshift_copy::{copy_image, digest_image, first_difference, CopyOptions, Counters};
+use vmshift_copy::{
+    copy_image_with, digest_image, first_difference, CopyError, CopyHooks, CopyOptions, Counters,
+};
 use vmshift_core::plan::{decide, DestFacts, Plan, PlanOptions, TargetFormat};
 use vmshift_core::report::{ImageSide, JobError, PhaseTiming, Report};
 use vmshift_core::{format_bytes, JobId, JobKind, JobStatus, Phase};
@@ -22,11 +25,11 @@ use vmshift_image::{create_target, inspect, ImageReader, InspectOptions, TargetS
 pub type ExitCode = i32;
 
 /// Chunk size of the copy engine and the digest passes, bytes.
-const CHUNK: u64 = 8 << 20;
+pub const CHUNK: u64 = 8 << 20;
 
 /// Chunk size for a copy limited to `bwlimit` bytes/s: about a quarter second of data, so
 /// the limit holds within a short window (1–8 MiB, whole MiB).
-fn copy_chunk(bwlimit: u64) -> u64 {
+pub fn copy_chunk(bwlimit: u64) -> u64 {
     if bwlimit == 0 {
         CHUNK
     } else {
@@ -41,16 +44,20 @@ fn layer_format(f: FormatArg) -> LayerFormat {
     }
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Everything the check phase learnt.
-struct Checked {
-    chain: Option<Chain>,
-    plan: Plan,
-    source: ImageSide,
-    target_path: PathBuf,
+pub struct Checked {
+    /// The source chain (None when it could not be resolved).
+    pub chain: Option<Chain>,
+    /// The plan.
+    pub plan: Plan,
+    /// The source as found.
+    pub source: ImageSide,
+    /// The final target path.
+    pub target_path: PathBuf,
 }
 
 /// The final target path for `source` at `dest`: inside `dest` when it is a directory
@@ -125,6 +132,12 @@ fn probe_file_too_large(dir: &Path, size: u64) -> bool {
 }
 
 fn check(args: &MigrateArgs) -> Checked {
+    check_with(args, 0)
+}
+
+/// The check phase; `partial_credit` bytes (a partial target a resume reuses) count as free
+/// at the destination.
+pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
     let inspection = inspect(
         &args.source,
         &InspectOptions {
@@ -146,12 +159,13 @@ fn check(args: &MigrateArgs) -> Checked {
     };
     let target_path = target_path_for(&args.source, &args.to, requested);
     let raw_target = requested.unwrap_or(src_format) == TargetFormat::Raw;
-    let dest = gather_dest(
+    let mut dest = gather_dest(
         &target_path,
         inspection.chain.as_ref(),
         inspection.facts.virtual_size,
         raw_target && inspection.facts.problems.is_empty(),
     );
+    dest.free_bytes = dest.free_bytes.saturating_add(partial_credit);
     let mut plan = decide(
         &inspection.facts,
         &dest,
@@ -194,7 +208,7 @@ fn check(args: &MigrateArgs) -> Checked {
     }
 }
 
-fn abs(p: &Path) -> String {
+pub fn abs(p: &Path) -> String {
     std::path::absolute(p)
         .unwrap_or_else(|_| p.to_path_buf())
         .display()
@@ -261,15 +275,16 @@ pub fn run_check(args: &MigrateArgs) -> Result<ExitCode> {
     Ok(if c.plan.go() { 0 } else { 2 })
 }
 
-/// Removes the partial target unless disarmed (failure, cancellation, panic).
+/// Removes the partial target unless disarmed (success) or told to keep it for resume.
 struct PartialGuard {
     path: PathBuf,
     armed: bool,
+    keep: bool,
 }
 
 impl Drop for PartialGuard {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && !self.keep {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -278,12 +293,16 @@ impl Drop for PartialGuard {
 struct Timer {
     phases: Vec<PhaseTiming>,
     current: Option<(Phase, String, Instant)>,
+    link: Option<JournalLink>,
 }
 
 impl Timer {
     fn start(&mut self, out: &Output, p: Phase) {
         self.end();
         out.phase(p);
+        if let Some(l) = &self.link {
+            l.note(|j, id| j.phase_started(id, l.run, p.as_str()));
+        }
         self.current = Some((p, now_rfc3339(), Instant::now()));
     }
     fn end(&mut self) {
@@ -300,23 +319,126 @@ impl Timer {
     }
 }
 
+/// A resume in progress: the job's journal, its locks and what may be reused.
+pub struct Resuming {
+    /// The job.
+    pub job_id: String,
+    /// The open journal (run already started).
+    pub link: JournalLink,
+    /// The job and target locks, held for the run.
+    #[allow(dead_code)]
+    pub locks: Vec<vmshift_journal::FileLock>,
+    /// Chunks proven reusable (empty: copy everything into a fresh target).
+    pub chunks: Vec<vmshift_journal::ChunkRecord>,
+    /// Reuse the existing partial target (else it is created anew).
+    pub reuse_partial: bool,
+    /// Bytes the partial target already occupies (credited in the space check).
+    pub partial_credit: u64,
+    /// Notes for the report (what was proven, what restarted).
+    pub notes: Vec<String>,
+}
+
+/// The source facts recorded when a job starts, to prove on resume that it has not changed.
+pub fn source_facts(chain: &Chain, crash_consistent: bool) -> serde_json::Value {
+    let layers: Vec<serde_json::Value> = chain
+        .layers
+        .iter()
+        .map(|l| {
+            let m = std::fs::metadata(&l.path).ok();
+            serde_json::json!({
+                "path": abs(&l.path),
+                "size": m.as_ref().map_or(0, |m| m.len()),
+                "mtime_ns": m.as_ref().map_or(0, |m| i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())).to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({"layers": layers, "crash_consistent": crash_consistent})
+}
+
 /// `vmshift migrate` (offline). Returns the exit status and writes the report.
 pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
+    run_job(args, cancel, None)
+}
+
+/// Runs an offline job: a new one, or `resuming` an interrupted one.
+pub fn run_job(
+    args: &MigrateArgs,
+    cancel: Arc<AtomicBool>,
+    resuming: Option<Resuming>,
+) -> Result<ExitCode> {
     let out = Output { json: args.json };
-    let job = JobId::new();
+    let job = resuming
+        .as_ref()
+        .map_or_else(JobId::new, |r| JobId(r.job_id.clone()));
+    // Open the journal first: a damaged one stops the job before anything happens.
+    let journal = match (&resuming, args.no_journal) {
+        (None, false) => Some(open_journal()?),
+        _ => None,
+    };
     let started = Instant::now();
     let mut report = Report::new(&job.0, JobKind::Offline, &now_rfc3339());
     let mut timer = Timer {
         phases: Vec::new(),
         current: None,
+        link: None,
     };
-    out.event(serde_json::json!({"event": "job", "job_id": job.0, "kind": "offline"}));
-    out.say(&format!("vmshift: job {job}"));
+    out.event(serde_json::json!({"event": "job", "job_id": job.0, "kind": "offline", "resumed": resuming.is_some()}));
+    out.say(&format!(
+        "vmshift: job {job}{}",
+        if resuming.is_some() { " (resumed)" } else { "" }
+    ));
     timer.start(&out, Phase::Check);
-    let c = check(args);
+    let c = check_with(args, resuming.as_ref().map_or(0, |r| r.partial_credit));
+    let mut _locks = Vec::new();
+    let link = match (resuming.as_ref(), journal) {
+        (Some(r), _) => Some(r.link.clone()),
+        (None, Some(j)) => {
+            if c.plan.go() {
+                _locks = match lock_job(&job.0, &c.target_path) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        out.say(&format!("vmshift: refused: {e}"));
+                        return Ok(2);
+                    }
+                };
+            }
+            let mut options = args.clone();
+            options.source = PathBuf::from(abs(&args.source));
+            options.to = PathBuf::from(abs(&c.target_path));
+            options.json = false;
+            options.report = None;
+            let new = vmshift_journal::NewJob {
+                id: job.0.clone(),
+                kind: "offline".into(),
+                source: abs(&args.source),
+                destination: abs(&c.target_path),
+                partial: abs(&partial_path(&c.target_path)),
+                options: serde_json::to_value(&options)?,
+                facts: c.chain.as_ref().map_or(serde_json::Value::Null, |ch| {
+                    source_facts(ch, c.plan.crash_consistent)
+                }),
+                chunk_size: copy_chunk(args.bwlimit.unwrap_or(0)),
+                total_bytes: 0,
+            };
+            j.create_job(&new).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(JournalLink {
+                journal: Arc::new(Mutex::new(j)),
+                id: job.0.clone(),
+                run: 1,
+            })
+        }
+        (None, None) => None,
+    };
+    if let Some(l) = &link {
+        l.note(|j, id| j.phase_started(id, l.run, "check"));
+    }
+    timer.link = link.clone();
     report.source = c.source.clone();
     report.backing = c.plan.backing.clone();
     report.notes = c.plan.notes.clone();
+    if let Some(r) = &resuming {
+        report.notes.extend(r.notes.iter().cloned());
+    }
     report.destination = ImageSide {
         path: abs(&c.target_path),
         format: c.plan.target_format.as_str().into(),
@@ -340,7 +462,16 @@ pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCo
         });
         2
     } else {
-        match execute(args, &c, &out, &mut timer, &mut report, &cancel) {
+        match execute(
+            args,
+            &c,
+            &out,
+            &mut timer,
+            &mut report,
+            &cancel,
+            link.as_ref(),
+            resuming.as_ref(),
+        ) {
             Ok(()) => {
                 report.status = JobStatus::Succeeded;
                 0
@@ -365,6 +496,32 @@ pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCo
     report.phases = std::mem::take(&mut timer.phases);
     report.duration_ms = vmshift_core::millis(started.elapsed());
     let path = write_report(&report, args.report.as_deref())?;
+    if let Some(l) = &link {
+        let partial = partial_path(&c.target_path);
+        let partial_state = match report.status {
+            JobStatus::Succeeded => "final",
+            JobStatus::Refused => "none",
+            _ if partial.exists() => "kept",
+            _ => "removed",
+        };
+        let error = report.error.as_ref().map(|e| e.message.clone());
+        let status = report.status.as_str();
+        let path_s = path.display().to_string();
+        l.note(|j, id| {
+            j.phase_ended(id, 0)?;
+            j.set_partial_state(id, partial_state)?;
+            j.set_report(id, &path_s)?;
+            j.set_status(id, status, error.as_deref())
+        });
+        if partial_state == "kept" {
+            out.say(&format!(
+                "vmshift: the partial target {} was kept: `vmshift resume {}` continues from the last checkpoint, `vmshift cancel {}` removes it",
+                partial.display(),
+                job.0,
+                job.0
+            ));
+        }
+    }
     out.event(serde_json::json!({"event": "report", "report": report}));
     {
         if let Some(e) = &report.error {
@@ -391,12 +548,14 @@ pub fn run_migrate(args: &MigrateArgs, cancel: Arc<AtomicBool>) -> Result<ExitCo
     Ok(code)
 }
 
-fn partial_path(target: &Path) -> PathBuf {
+/// `NAME.vmshift-partial` beside the final target.
+pub fn partial_path(target: &Path) -> PathBuf {
     let mut name = target.file_name().unwrap_or_default().to_os_string();
     name.push(".vmshift-partial");
     target.with_file_name(name)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     args: &MigrateArgs,
     c: &Checked,
@@ -404,6 +563,8 @@ fn execute(
     timer: &mut Timer,
     report: &mut Report,
     cancel: &Arc<AtomicBool>,
+    link: Option<&JournalLink>,
+    resuming: Option<&Resuming>,
 ) -> std::result::Result<(), String> {
     let chain = c.chain.as_ref().ok_or("no chain")?;
     let plan = &c.plan;
@@ -439,7 +600,8 @@ fn execute(
         .extents(0, reader.virtual_size(), shallow)
         .map_err(|e| format!("{}: block status failed: {e}", chain.top().path.display()))?;
     let partial = partial_path(&c.target_path);
-    if partial.exists() {
+    let reuse = resuming.is_some_and(|r| r.reuse_partial);
+    if partial.exists() && !reuse {
         return Err(format!("{} exists: another vmshift job may be writing it, or an interrupted one left it (remove it if no job runs)", partial.display()));
     }
     let target_format = match plan.target_format {
@@ -477,8 +639,20 @@ fn execute(
     let mut guard = PartialGuard {
         path: partial.clone(),
         armed: true,
+        keep: false,
     };
-    let target = create_target(&spec).map_err(|e| e.to_string())?;
+    let target = if reuse {
+        open_partial(&spec).map_err(|e| e.to_string())?
+    } else {
+        create_target(&spec).map_err(|e| e.to_string())?
+    };
+    if let Some(l) = link {
+        l.note(|j, id| j.set_partial_state(id, "writing"));
+    }
+    let skip: std::collections::HashSet<u64> = resuming
+        .map(|r| r.chunks.iter().map(|ch| ch.index).collect())
+        .unwrap_or_default();
+    report.bytes_reused = resuming.map_or(0, |r| r.chunks.iter().map(|ch| ch.bytes).sum());
     let counters = Arc::new(Counters::default());
     let opts = CopyOptions {
         threads,
@@ -492,21 +666,74 @@ fn execute(
         },
         target_is_zero: true,
         shallow,
-        hash: !args.no_verify && !shallow,
+        hash: !args.no_verify && !shallow && skip.is_empty(),
     };
-    let copy_started = Instant::now();
-    let stats = {
-        let _p = out.progress("copy", counters.clone());
-        copy_image(&reader, &extents, &target, &opts, cancel, &counters)
+    if let Some(l) = link {
+        // Guest bytes of all data chunks, reused ones included: the job's progress total.
+        let size = reader.virtual_size();
+        let total: u64 = vmshift_copy::plan::plan_units(&extents, opts.chunk, false)
+            .iter()
+            .filter_map(|u| match u {
+                vmshift_copy::plan::Unit::Chunk(i) => Some(opts.chunk.min(size - i * opts.chunk)),
+                vmshift_copy::plan::Unit::Zero { .. } => None,
+            })
+            .sum();
+        l.note(|j, id| j.set_total_bytes(id, total));
     }
-    .map_err(|e| {
-        let hint = if e.is_no_space() {
-            " (the destination ran out of space; the partial target was removed)"
-        } else {
-            ""
-        };
-        format!("{e}{hint}")
-    })?;
+    let copy_started = Instant::now();
+    let checkpointer = link.map(|l| Checkpointer::new(l, &target, &partial));
+    let on_chunk = |d| match &checkpointer {
+        Some(cp) => cp.chunk_done(d),
+        None => Ok(()),
+    };
+    let hooks = CopyHooks {
+        skip: Some(&skip),
+        on_chunk: Some(&on_chunk),
+        chunks_not_zero: reuse,
+    };
+    let result = {
+        let _p = out.progress("copy", counters.clone());
+        copy_image_with(&reader, &extents, &target, &opts, &hooks, cancel, &counters)
+    };
+    let result = result.and_then(|s| match &checkpointer {
+        Some(cp) => cp.flush().map(|()| s),
+        None => Ok(s),
+    });
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // What becomes of the partial target (see README, "Resume"): kept for resume
+            // after read errors and other I/O failures when the journal records it; removed
+            // after cancellation (unless asked to keep it), when the destination ran out of
+            // space (it would keep the datastore full), or when nothing records it.
+            let cancel_keep = link.is_some_and(|l| {
+                l.journal
+                    .lock()
+                    .ok()
+                    .and_then(|j| j.job(&l.id).ok())
+                    .is_some_and(|job| job.cancel_request.as_deref() == Some("keep"))
+            });
+            guard.keep = link.is_some()
+                && (args.keep_partial
+                    || match &e {
+                        CopyError::Cancelled => cancel_keep,
+                        e if e.is_no_space() => false,
+                        _ => true,
+                    });
+            let hint = match (&e, guard.keep) {
+                (e, false) if e.is_no_space() => {
+                    " (the destination ran out of space; the partial target was removed: free space, then `vmshift resume` copies it again, or migrate with --keep-partial to keep it)"
+                }
+                (e, true) if e.is_no_space() => {
+                    " (the destination ran out of space; the partial target was kept: free space, then `vmshift resume`)"
+                }
+                (CopyError::Cancelled, _) => "",
+                (_, true) => " (the partial target was kept: fix the cause, then `vmshift resume`)",
+                (_, false) => "",
+            };
+            return Err(format!("{e}{hint}"));
+        }
+    };
     target
         .sync()
         .map_err(|e| format!("{}: fsync failed: {e}", partial.display()))?;
@@ -564,6 +791,7 @@ fn execute(
 
     // Cut over.
     timer.start(out, Phase::Cutover);
+    test_kill_point("cutover");
     std::fs::rename(&partial, &c.target_path).map_err(|e| {
         format!(
             "cannot rename {} to {}: {e}",
@@ -612,6 +840,33 @@ fn execute(
         }
     }
     Ok(())
+}
+
+/// Opens an existing partial target written by an earlier run of the job.
+fn open_partial(spec: &TargetSpec) -> std::result::Result<vmshift_image::TargetImage, String> {
+    match spec.format {
+        LayerFormat::Raw => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&spec.path)
+                .map_err(|e| {
+                    format!(
+                        "{}: cannot reopen the partial target: {e}",
+                        spec.path.display()
+                    )
+                })?;
+            Ok(vmshift_image::TargetImage::Raw {
+                file,
+                thick: spec.preallocate,
+            })
+        }
+        LayerFormat::Qcow2 => vmshift_image::target::open_qcow2_target(
+            &spec.path,
+            spec.backing.as_ref().map(|b| &b.2),
+        )
+        .map_err(|e| e.to_string()),
+    }
 }
 
 fn tail_is_zero(r: &ImageReader, from: u64, to: u64) -> bool {

@@ -1,0 +1,287 @@
+//! `vmshift resume JOB`: continues an interrupted or failed offline job from its last
+//! checkpoint. Before reusing anything it proves that the source is the one the job began
+//! with (every layer's size and mtime, QEMU lock state through the check phase, and a digest
+//! sample of journaled chunks) and that the partial target is the one the job wrote (the
+//! same digest sample read back from it). Verification still digests the whole image.
+
+use crate::cli::{FormatArg, MigrateArgs};
+use crate::jobs::{lock_job, open_journal, running_pid, shown_status, JournalLink};
+use crate::offline::{run_job, source_facts, ExitCode, Resuming};
+use anyhow::{anyhow, Result};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use vmshift_copy::engine::fill_chunk;
+use vmshift_copy::{chunk_digest, engine::buf_index};
+use vmshift_image::chain::{resolve_chain, ChainOptions, LayerFormat};
+use vmshift_image::target::target_chain;
+use vmshift_image::ImageReader;
+use vmshift_journal::ChunkRecord;
+
+/// Journaled chunks re-read from source and target before a resume reuses any: the first,
+/// the last and up to six spread between them.
+pub const SAMPLE_CHUNKS: usize = 8;
+
+fn layer_format(f: FormatArg) -> LayerFormat {
+    match f {
+        FormatArg::Raw => LayerFormat::Raw,
+        FormatArg::Qcow2 => LayerFormat::Qcow2,
+    }
+}
+
+/// The chunks to re-read: the first, the last, and evenly spread ones between.
+pub fn sample(chunks: &[ChunkRecord]) -> Vec<&ChunkRecord> {
+    if chunks.len() <= SAMPLE_CHUNKS {
+        return chunks.iter().collect();
+    }
+    let last = chunks.len() - 1;
+    let mut picked: Vec<usize> = (0..SAMPLE_CHUNKS)
+        .map(|i| i * last / (SAMPLE_CHUNKS - 1))
+        .collect();
+    picked.dedup();
+    picked.into_iter().map(|i| &chunks[i]).collect()
+}
+
+fn refuse(msg: String) -> Result<ExitCode> {
+    eprintln!("vmshift: resume refused: {msg}");
+    Ok(2)
+}
+
+/// Compares the recorded source facts with the files now. Returns the first difference.
+fn source_changed(recorded: &serde_json::Value) -> Option<String> {
+    let layers = recorded["layers"].as_array()?;
+    for l in layers {
+        let path = l["path"].as_str().unwrap_or_default();
+        let Ok(m) = std::fs::metadata(path) else {
+            return Some(format!("{path} is gone"));
+        };
+        let size = l["size"].as_u64().unwrap_or(0);
+        if m.len() != size {
+            return Some(format!(
+                "{path} changed size since the job began ({size} → {} bytes)",
+                m.len()
+            ));
+        }
+        let mtime =
+            (i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())).to_string();
+        if l["mtime_ns"].as_str() != Some(mtime.as_str()) {
+            return Some(format!(
+                "{path} was modified since the job began (mtime changed)"
+            ));
+        }
+    }
+    None
+}
+
+fn is_qcow2(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
+}
+
+/// Repairs leaked clusters a killed writer may leave in a qcow2 partial target. Returns
+/// false when `qemu-img check` finds real corruption.
+fn repair_qcow2_leaks(path: &Path) -> bool {
+    std::process::Command::new("qemu-img")
+        .args(["check", "-q", "-r", "leaks", "-f", "qcow2"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.code() == Some(0))
+}
+
+/// `vmshift resume JOB [--report FILE] [--json]`.
+///
+/// # Errors
+/// A journal error (named); refusals print one line and return 2.
+pub fn run_resume(
+    id: &str,
+    report: Option<PathBuf>,
+    json: bool,
+    cancel: Arc<AtomicBool>,
+) -> Result<ExitCode> {
+    let j = open_journal()?;
+    let job = j.job(id).map_err(|e| anyhow!("{e}"))?;
+    if job.kind != "offline" {
+        return refuse(format!(
+            "job {} is a live job: live resume needs the live migration API, which this build does not have yet",
+            job.id
+        ));
+    }
+    if let Some(pid) = running_pid(&job.id) {
+        return refuse(format!(
+            "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
+            job.id, job.id
+        ));
+    }
+    if !matches!(job.status.as_str(), "running" | "failed" | "cancelled") {
+        return refuse(format!(
+            "job {} is {}: only interrupted, failed or cancelled jobs can be resumed",
+            job.id,
+            shown_status(&job)
+        ));
+    }
+    let locks = match lock_job(&job.id, Path::new(&job.destination)) {
+        Ok(l) => l,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let mut args: MigrateArgs = serde_json::from_value(job.options.clone())
+        .map_err(|e| anyhow!("job {}: unreadable options in the journal: {e}", job.id))?;
+    args.json = json;
+    args.report = report;
+    if let Some(why) = source_changed(&job.facts) {
+        return refuse(format!(
+            "{why}: the partial copy cannot be trusted; start a new migration (`vmshift cancel {}` removes the partial target)",
+            job.id
+        ));
+    }
+    let partial = PathBuf::from(&job.partial);
+    let mut chunks = j.chunks(&job.id).map_err(|e| anyhow!("{e}"))?;
+    let mut notes = Vec::new();
+    let mut reuse = partial.exists();
+    if !reuse {
+        if !chunks.is_empty() {
+            notes.push(format!(
+                "resume: the partial target {} was gone; everything was copied again",
+                partial.display()
+            ));
+        }
+        chunks.clear();
+    } else if args.keep_backing {
+        notes
+            .push("resume: shallow (--keep-backing) copies restart from the beginning".to_string());
+        reuse = false;
+        chunks.clear();
+        std::fs::remove_file(&partial)
+            .map_err(|e| anyhow!("cannot remove {}: {e}", partial.display()))?;
+    } else if is_qcow2(&partial) && !repair_qcow2_leaks(&partial) {
+        notes.push(format!(
+            "resume: qemu-img check found the partial target {} damaged; it was recreated and everything copied again",
+            partial.display()
+        ));
+        reuse = false;
+        chunks.clear();
+        std::fs::remove_file(&partial)
+            .map_err(|e| anyhow!("cannot remove {}: {e}", partial.display()))?;
+    }
+    if reuse && !chunks.is_empty() {
+        // Prove source and partial target both still hold the sampled chunks.
+        let chain = resolve_chain(
+            &args.source,
+            &ChainOptions {
+                top_format: args.source_format.map(layer_format),
+                backing_format: args.backing_format.map(layer_format),
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        let reader = ImageReader::open(&chain).map_err(|e| anyhow!("{e}"))?;
+        let extents = reader
+            .extents(0, reader.virtual_size(), false)
+            .map_err(|e| anyhow!("{}: block status failed: {e}", args.source.display()))?;
+        let tformat = if is_qcow2(&partial) {
+            LayerFormat::Qcow2
+        } else {
+            LayerFormat::Raw
+        };
+        let tchain = target_chain(&partial, tformat, None).map_err(|e| anyhow!("{e}"))?;
+        let treader = ImageReader::open(&tchain).map_err(|e| anyhow!("{e}"))?;
+        for rec in sample(&chunks) {
+            let mut buf = vec![0u8; buf_index(rec.len)];
+            fill_chunk(&reader, &extents, rec.offset, &mut buf).map_err(|e| anyhow!("{e}"))?;
+            if chunk_digest(rec.offset, &buf) != rec.digest {
+                return refuse(format!(
+                    "the source {} differs from what the job copied at guest offset {:#x}: start a new migration (`vmshift cancel {}` removes the partial target)",
+                    args.source.display(),
+                    rec.offset,
+                    job.id
+                ));
+            }
+            buf.fill(0);
+            if treader.read_at(&mut buf, rec.offset).is_err()
+                || chunk_digest(rec.offset, &buf) != rec.digest
+            {
+                return refuse(format!(
+                    "{} is not the partial target this job wrote (guest offset {:#x} differs): move it away and resume again to copy everything anew",
+                    partial.display(),
+                    rec.offset
+                ));
+            }
+        }
+        notes.push(format!(
+            "resume: source unchanged (size, mtime, lock, {} sampled chunks) and the partial target holds what the job wrote; {} chunks reused",
+            sample(&chunks).len(),
+            chunks.len()
+        ));
+    }
+    if !reuse {
+        j.clear_chunks(&job.id).map_err(|e| anyhow!("{e}"))?;
+    }
+    let partial_credit = if reuse {
+        std::fs::metadata(&partial).map_or(0, |m| m.blocks() * 512)
+    } else {
+        0
+    };
+    let run = j.start_run(&job.id).map_err(|e| anyhow!("{e}"))?;
+    // Refresh the facts so a later resume compares against this run's source.
+    if let Ok(chain) = resolve_chain(
+        &args.source,
+        &ChainOptions {
+            top_format: args.source_format.map(layer_format),
+            backing_format: args.backing_format.map(layer_format),
+        },
+    ) {
+        let crash = job.facts["crash_consistent"].as_bool().unwrap_or(false);
+        j.set_facts(&job.id, &source_facts(&chain, crash))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let link = JournalLink {
+        journal: Arc::new(Mutex::new(j)),
+        id: job.id.clone(),
+        run,
+    };
+    run_job(
+        &args,
+        cancel,
+        Some(Resuming {
+            job_id: job.id.clone(),
+            link,
+            locks,
+            chunks,
+            reuse_partial: reuse,
+            partial_credit,
+            notes,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64) -> ChunkRecord {
+        ChunkRecord {
+            index: i,
+            offset: i << 23,
+            len: 1 << 23,
+            bytes: 1,
+            digest: [0; 32],
+            run: 1,
+        }
+    }
+
+    #[test]
+    fn the_sample_takes_first_last_and_spread_chunks() {
+        let few: Vec<_> = (0..5).map(rec).collect();
+        assert_eq!(sample(&few).len(), 5);
+        let many: Vec<_> = (0..100).map(rec).collect();
+        let s: Vec<u64> = sample(&many).iter().map(|c| c.index).collect();
+        assert_eq!(s.len(), SAMPLE_CHUNKS);
+        assert_eq!(s[0], 0);
+        assert_eq!(*s.last().unwrap(), 99);
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+    }
+}
