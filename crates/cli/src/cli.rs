@@ -27,8 +27,16 @@ pub enum FormatArg {
 pub enum Command {
     /// Show an image's format, sizes, backing chain, features and lock state.
     Info {
-        /// The image file.
+        /// The image file (not with --qmp).
+        #[arg(
+            required_unless_present = "qmp",
+            default_value = ".",
+            hide_default_value = true
+        )]
         image: PathBuf,
+        /// Show the disks of a running QEMU through its QMP socket instead of an image.
+        #[arg(long, value_name = "SOCKET")]
+        qmp: Option<PathBuf>,
         /// Format of the image if you know it (default: read from its header).
         #[arg(long, value_enum)]
         source_format: Option<FormatArg>,
@@ -49,6 +57,9 @@ pub enum Command {
         /// Print NDJSON events and the report on stdout.
         #[arg(long)]
         json: bool,
+        /// Also run the live part: boot the test guest, move its disk while it writes.
+        #[arg(long)]
+        live: bool,
     },
     /// List the jobs in the journal (id, kind, source, destination, status, progress).
     Jobs {
@@ -96,8 +107,17 @@ pub enum Command {
 /// Arguments shared by `check` and `migrate` (also stored in the journal to resume a job).
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct MigrateArgs {
-    /// The source image (qcow2 or raw).
+    /// The source image (qcow2 or raw); not with --qmp.
+    #[arg(
+        required_unless_present = "qmp",
+        default_value = ".",
+        hide_default_value = true
+    )]
     pub source: PathBuf,
+    /// Live migration options (`--qmp SOCKET` moves the disks of a running QEMU).
+    #[command(flatten)]
+    #[serde(default)]
+    pub live: crate::live::LiveFlags,
     /// Destination: an existing directory (the image keeps its file name) or a file path.
     #[arg(long)]
     pub to: PathBuf,

@@ -92,6 +92,7 @@ pub fn run_demo(json: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         );
     }
     let args = MigrateArgs {
+        live: Default::default(),
         source: disk,
         to: dest,
         format: Some(FormatArg::Qcow2),

@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod info;
 mod jobs;
+mod live;
 mod offline;
 mod output;
 mod resume;
@@ -27,14 +28,35 @@ fn main() {
     let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
     let result = match &cli.command {
         Command::Info {
+            qmp: Some(sock),
+            json,
+            ..
+        } => live::run_info(sock, *json),
+        Command::Info {
             image,
             source_format,
             backing_format,
             json,
+            qmp: None,
         } => info::run(image, *source_format, *backing_format, *json),
+        Command::Check(args) if args.live.qmp.is_some() => {
+            live::run_check(&live::LiveArgs::from_migrate(args))
+        }
         Command::Check(args) => offline::run_check(args),
+        Command::Migrate(args) if args.live.qmp.is_some() => {
+            live::run_migrate(&live::LiveArgs::from_migrate(args), cancel)
+        }
         Command::Migrate(args) => offline::run_migrate(args, cancel),
-        Command::Demo { json } => demo::run_demo(*json, cancel),
+        Command::Demo { json, live: false } => demo::run_demo(*json, cancel),
+        Command::Demo { json, live: true } => {
+            demo::run_demo(*json, cancel.clone()).and_then(|code| {
+                if code == 0 {
+                    live::run_demo_live(*json, cancel)
+                } else {
+                    Ok(code)
+                }
+            })
+        }
         Command::Jobs { json } => jobs::run_jobs(*json),
         Command::Status { job, json } => jobs::run_status(job, *json),
         Command::Resume { job, report, json } => {
