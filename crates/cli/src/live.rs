@@ -16,7 +16,42 @@ use vmshift_qmp::{
     CopyModeRequest, LiveMigration, LiveOptions, LiveOutcome, LivePlan, LiveProgress, Qmp,
 };
 
+use crate::jobs::{lock_job, open_journal, JournalLink};
 use crate::state::write_report;
+
+/// Records the live job in the journal and takes its locks, so `vmshift jobs` lists it and
+/// `vmshift cancel JOB` (SIGTERM to this process) cancels it cleanly.
+fn journal_start(
+    job: &JobId,
+    plan: &LivePlan,
+    a: &LiveArgs,
+) -> Result<(JournalLink, Vec<vmshift_journal::FileLock>)> {
+    let j = open_journal()?;
+    let first = plan.disks.first().context("the plan has no disk")?;
+    let locks = lock_job(&job.0, &first.target)?;
+    let new = vmshift_journal::NewJob {
+        id: job.0.clone(),
+        kind: "live".into(),
+        source: first.disk.file.clone(),
+        destination: first.target.display().to_string(),
+        partial: String::new(),
+        options: json!({"qmp": a.qmp, "to": a.to, "disks": a.disks, "bwlimit": a.bwlimit,
+                        "copy_mode": a.copy_mode, "shallow": a.shallow, "delete_source": a.delete_source}),
+        facts: json!({"disks": plan.disks.iter().map(|d| json!({"device": d.disk.device,
+            "source": d.disk.file, "target": d.target, "virtual_size": d.disk.virtual_size})).collect::<Vec<_>>()}),
+        chunk_size: 0,
+        total_bytes: plan.disks.iter().map(|d| d.disk.virtual_size).sum(),
+    };
+    j.create_job(&new).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((
+        JournalLink {
+            journal: std::sync::Arc::new(std::sync::Mutex::new(j)),
+            id: job.0.clone(),
+            run: 1,
+        },
+        locks,
+    ))
+}
 
 /// Copy mode choices on the command line.
 #[derive(
@@ -90,6 +125,8 @@ pub struct LiveArgs {
     pub json: bool,
     /// Extra report file.
     pub report: Option<PathBuf>,
+    /// Do not record the job in the journal (then `vmshift cancel JOB` cannot reach it).
+    pub no_journal: bool,
 }
 
 impl LiveArgs {
@@ -110,6 +147,7 @@ impl LiveArgs {
             delete_source: m.delete_source,
             json: m.json,
             report: m.report.clone(),
+            no_journal: m.no_journal,
         }
     }
 
@@ -293,10 +331,11 @@ fn side(path: &Path, format: &str, virtual_size: u64) -> ImageSide {
     }
 }
 
-/// Phase timings from the driver's progress phases.
+/// Phase timings from the driver's progress phases (mirrored into the journal).
 struct Phases {
     done: Vec<PhaseTiming>,
     cur: Option<(Phase, String, Instant)>,
+    link: Option<JournalLink>,
 }
 
 impl Phases {
@@ -342,7 +381,9 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
     let mut phases = Phases {
         done: Vec::new(),
         cur: None,
+        link: None,
     };
+    let mut _locks = Vec::new();
     phases.enter(Phase::Check, json_mode);
     let mut qmp = connect(&a.qmp)?;
     let plan = LiveMigration::plan(&mut qmp, &a.options());
@@ -351,6 +392,19 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
         Ok(plan) => {
             if !json_mode {
                 print_plan(&plan, &|l| eprintln!("{l}"));
+            }
+            if !a.no_journal {
+                match journal_start(&job, &plan, a) {
+                    Ok((link, locks)) => {
+                        _locks = locks;
+                        link.note(|j, id| j.phase_started(id, link.run, Phase::Check.as_str()));
+                        phases.link = Some(link);
+                    }
+                    Err(e) => {
+                        eprintln!("vmshift: refused: {e:#}");
+                        return Ok(2);
+                    }
+                }
             }
             if let Some(d) = plan.disks.first() {
                 report.source = side(&d.disk.path(), &d.disk.format, d.disk.virtual_size);
@@ -519,6 +573,16 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
     report.phases = std::mem::take(&mut phases.done);
     report.duration_ms = vmshift_core::millis(started.elapsed());
     let path = write_report(&report, a.report.as_deref())?;
+    if let Some(l) = &phases.link {
+        let error = report.error.as_ref().map(|e| e.message.clone());
+        let status = report.status.as_str();
+        let path_s = path.display().to_string();
+        l.note(|j, id| {
+            j.set_partial_state(id, "none")?;
+            j.set_report(id, &path_s)?;
+            j.set_status(id, status, error.as_deref())
+        });
+    }
     event(json_mode, json!({"event": "report", "report": report}));
     if !json_mode {
         match &report.error {
@@ -604,6 +668,7 @@ pub fn run_demo_live(json_mode: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         delete_source: false,
         json: json_mode,
         report: Some(report.clone()),
+        no_journal: false,
     };
     let code = run_migrate(&args, cancel)?;
     let mut qmp = vm.qmp()?;

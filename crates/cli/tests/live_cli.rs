@@ -182,3 +182,73 @@ fn ctrl_c_mid_copy_cancels_and_leaves_the_vm_on_its_source() {
     vm.wait_batches("vda", n, 5, Duration::from_secs(30))
         .expect("guest still writing");
 }
+
+#[test]
+fn vmshift_cancel_job_mid_copy_cancels_the_live_job() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let (vm, src) = writing_guest(dir.path());
+    let mut child = vmshift(&state)
+        .args(["migrate", "--json", "--bwlimit", "1M", "--qmp"])
+        .arg(&vm.qmp_path)
+        .arg("--to")
+        .arg(dir.path().join("b"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vmshift");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut job = String::new();
+    let mut cancel_status = None;
+    let mut report = Value::Null;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(&line.expect("line")) else {
+            continue;
+        };
+        if v["event"] == "job" {
+            job = v["job_id"].as_str().expect("job id").to_owned();
+        }
+        if cancel_status.is_none()
+            && v["event"] == "progress"
+            && v["done_bytes"].as_u64().is_some_and(|d| d > 0)
+        {
+            // A second vmshift asks the running one to cancel (in the background: it waits
+            // for the job to end while we keep draining this one's output).
+            let c = vmshift(&state)
+                .args(["cancel", &job])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("vmshift cancel");
+            cancel_status = Some(c);
+        }
+        if v["event"] == "report" {
+            report = v["report"].clone();
+        }
+    }
+    let status = child.wait().expect("wait");
+    let cancel = cancel_status
+        .expect("no copy progress seen")
+        .wait()
+        .expect("cancel");
+    assert_eq!(cancel.code(), Some(0), "vmshift cancel failed");
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(report["status"], "cancelled", "{report}");
+    assert_eq!(attached_file(&vm), src.display().to_string());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("b")).expect("ls").count(),
+        0
+    );
+    let jobs = vmshift(&state)
+        .args(["jobs", "--json"])
+        .output()
+        .expect("jobs");
+    let list: Value = serde_json::from_slice(&jobs.stdout).expect("jobs json");
+    let rec = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap_or_else(|| panic!("job {job} not listed: {list}"));
+    assert_eq!(rec["kind"], "live");
+    assert_eq!(rec["status"], "cancelled");
+}
