@@ -136,6 +136,25 @@ pub fn parse_disks(query_block: &Value, named_nodes: &Value) -> Vec<DiskInfo> {
                 actual_size = u(bi, "actual-size");
             }
         }
+        // QEMU 7.2's query-block hides implicit job filters (blockdev-mirror without
+        // filter-node-name); query-named-block-nodes still lists them, over the same file.
+        let busy = busy.or_else(|| {
+            nodes
+                .iter()
+                .find(|n| {
+                    n.get("drv")
+                        .and_then(Value::as_str)
+                        .is_some_and(is_job_filter)
+                        && n.get("file").and_then(Value::as_str) == Some(file.as_str())
+                })
+                .map(|n| {
+                    format!(
+                        "a block job owns it (filter node {} of driver {})",
+                        s(n, "node-name"),
+                        s(n, "drv")
+                    )
+                })
+        });
         let mut backing_chain = Vec::new();
         let mut cur = top.get("backing-image");
         while let Some(bi) = cur {
@@ -251,6 +270,23 @@ mod tests {
                 && d.matches("/machine/peripheral/vd0/virtio-backend")
         );
         assert!(!d.matches(""));
+    }
+
+    #[test]
+    fn disk_with_an_implicit_mirror_filter_is_busy() {
+        let (qb, _) = sample();
+        let nodes = json!([
+            {"node-name": "#block173", "drv": "mirror_top", "file": "/a/vm.qcow2"},
+            {"node-name": "disk0", "drv": "qcow2", "file": "/a/vm.qcow2"},
+            {"node-name": "disk0-file", "drv": "file", "file": "/a/vm.qcow2"},
+        ]);
+        let d = &parse_disks(&qb, &nodes)[0];
+        assert!(
+            d.busy.as_deref().is_some_and(|b| b.contains("#block173")),
+            "{:?}",
+            d.busy
+        );
+        assert_eq!(d.protocol_node.as_deref(), Some("disk0-file"));
     }
 
     #[test]

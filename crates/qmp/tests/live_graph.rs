@@ -197,3 +197,117 @@ fn check_refuses_existing_targets_clashing_names_and_unknown_selectors() {
     assert_eq!(plan.disks.len(), 1);
     assert_eq!(plan.disks[0].disk.device, "vd1");
 }
+
+#[test]
+fn one_failing_disk_cancels_all_and_the_vm_stays_on_every_source() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = dir.path().join("ok.qcow2");
+    let b = dir.path().join("bad.raw");
+    stamped_image(&a, 16 * MIB, "qcow2");
+    stamped_image(&b, 8 * MIB, "raw");
+    // A pre-existing volume that is larger than disk 2 and handed to QEMU whole: its mirror
+    // dies asynchronously ("different sizes") while disk 1's mirror is fine.
+    let vol = dir.path().join("volume.raw");
+    std::fs::File::create(&vol)
+        .expect("create")
+        .set_len(12 * MIB)
+        .expect("truncate");
+    let dest = dir.path().join("dst");
+    std::fs::create_dir(&dest).expect("mkdir");
+    let _vm = Vm::paused(
+        dir.path(),
+        &[
+            Disk {
+                path: a.clone(),
+                format: "qcow2",
+            },
+            Disk {
+                path: b.clone(),
+                format: "raw",
+            },
+        ],
+    );
+    let mut qmp = _vm.qmp();
+    let mut o = opts(&dest);
+    o.existing_targets = vec![vmshift_qmp::ExistingTarget {
+        disk: "vd1".into(),
+        path: vol.clone(),
+        expose_exact_size: false,
+    }];
+    let plan = LiveMigration::plan(&mut qmp, &o).expect("plan");
+    assert_eq!(plan.disks.len(), 2);
+    let err = LiveMigration::run(
+        &mut qmp,
+        &plan,
+        &mut quiet_progress(),
+        &AtomicBool::new(false),
+    )
+    .expect_err("disk 2 fails");
+    match &err {
+        LiveError::JobFailed { device, message } => {
+            assert_eq!(device, "vd1");
+            assert!(message.contains("different sizes"), "{message}");
+        }
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+    assert_eq!(
+        attached(&mut qmp, "vd0"),
+        ("disk0".to_owned(), a.display().to_string())
+    );
+    assert_eq!(
+        attached(&mut qmp, "vd1"),
+        ("disk1".to_owned(), b.display().to_string())
+    );
+    assert_no_leftovers(&mut qmp, &[]);
+    assert_eq!(
+        std::fs::read_dir(&dest).expect("ls").count(),
+        0,
+        "disk 1's target left behind"
+    );
+    assert!(
+        vol.exists(),
+        "the pre-existing volume is not ours to delete"
+    );
+}
+
+#[test]
+fn disk_already_in_a_block_job_is_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("busy.raw");
+    stamped_image(&src, 4 * MIB, "raw");
+    let dest = dir.path().join("dst");
+    std::fs::create_dir(&dest).expect("mkdir");
+    let _vm = Vm::paused(
+        dir.path(),
+        &[Disk {
+            path: src,
+            format: "raw",
+        }],
+    );
+    let mut qmp = _vm.qmp();
+    // Someone else's mirror, throttled so it is still running when we check.
+    let other = dir.path().join("other.raw");
+    run("qemu-img", &["create", "-q", "-f", "raw", p(&other), "4M"]);
+    qmp.call(
+        "blockdev-add",
+        serde_json::json!({"driver": "raw", "node-name": "other",
+            "file": {"driver": "file", "filename": p(&other)}}),
+    )
+    .expect("add");
+    qmp.call(
+        "blockdev-mirror",
+        serde_json::json!({"job-id": "theirs", "device": "disk0", "target": "other",
+            "sync": "full", "speed": 65536}),
+    )
+    .expect("mirror");
+    match LiveMigration::plan(&mut qmp, &opts(&dest)) {
+        Err(LiveError::Refused(r)) => {
+            assert!(r[0].reason.contains("block job"), "{r:?}");
+            assert_eq!(r[0].device, "vd0");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    vmshift_qmp::live::cancel_and_wait(&mut qmp, "theirs").expect("cancel theirs");
+}
