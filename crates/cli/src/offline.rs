@@ -702,6 +702,13 @@ fn execute(
     let stats = match result {
         Ok(s) => s,
         Err(e) => {
+            // Chunks finished before the failure are real work: make them durable and
+            // record them (best effort: after ENOSPC or an fsync error this may fail too).
+            if let Some(cp) = &checkpointer {
+                if let Err(ce) = cp.flush() {
+                    tracing::warn!("last checkpoint after the failure not recorded: {ce}");
+                }
+            }
             // What becomes of the partial target (see README, "Resume"): kept for resume
             // after read errors and other I/O failures when the journal records it; removed
             // after cancellation (unless asked to keep it), when the destination ran out of
