@@ -140,6 +140,12 @@ static int do_write(char **argv) {
 			if (rate) {
 				double due = t0 + (double)written / (double)rate;
 				double d = due - now();
+				if (d < -0.1) {
+					/* Fell behind (vCPU starved): restart the schedule instead of
+					 * bursting to catch up, so the rate never exceeds RATE. */
+					t0 = now();
+					written = 0;
+				}
 				if (d > 0) {
 					struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
 					nanosleep(&ts, NULL);

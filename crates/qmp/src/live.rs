@@ -1142,6 +1142,18 @@ impl<'a> Driver<'a> {
                 return Err(self.abort(qmp, e, cb));
             }
         }
+        // The bandwidth limit is for the bulk copy. At completion the mirror first copies
+        // what is still dirty, throttled by the job speed: lift it so the pivot is quick.
+        if self.plan.options.bwlimit.is_some() {
+            for r in &self.runs {
+                if let Err(e) = qmp.call(
+                    "block-job-set-speed",
+                    json!({"device": r.job_id, "speed": 0}),
+                ) {
+                    tracing::warn!(job = %r.job_id, %e, "cannot lift the speed limit before the pivot");
+                }
+            }
+        }
         let mut requested: Vec<(usize, Instant)> = Vec::new();
         let mut pivot_err: Option<(String, String)> = None;
         for (i, r) in self.runs.iter().enumerate() {

@@ -262,6 +262,8 @@ fn auto_chooses_background_at_half_and_write_blocking_at_twice_the_limit() {
             d.guest_write_rate
         );
         assert!(at_ready > start, "guest stopped writing during the move");
+        // One full pass on the new disk, so the floor checked below is a real one.
+        vm.wait_floor("vda", 1, Duration::from_secs(60));
         let mut qmp = vm.qmp();
         vm.quit(&mut qmp);
         let (floor, rep) = verify_target(&vm.serial_log(), "vda", &d.new_path, "raw");
@@ -323,6 +325,7 @@ fn auto_restarts_in_write_blocking_when_the_guest_starts_writing_after_sampling(
         );
     }
     assert_no_leftovers(&mut qmp, &[&d.node_name]);
+    vm.wait_floor("vda", 1, Duration::from_secs(60));
     vm.quit(&mut qmp);
     let (floor, _) = verify_target(&vm.serial_log(), "vda", &d.new_path, "raw");
     assert!(floor > 0);

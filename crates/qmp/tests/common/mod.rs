@@ -177,6 +177,18 @@ impl Vm {
             .expect("guest writes")
     }
 
+    /// Waits until the guest's logged floor for `dev` reaches `min` (a full pass done).
+    pub fn wait_floor(&self, dev: &str, min: u64, timeout: Duration) {
+        let t = std::time::Instant::now();
+        while stamp::last_floor(&self.serial_log(), dev).unwrap_or(0) < min {
+            assert!(
+                t.elapsed() < timeout,
+                "guest floor on {dev} stayed below {min} for {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn quit(&mut self, qmp: &mut Qmp) {
         self.inner.quit(qmp).expect("quit");
     }
