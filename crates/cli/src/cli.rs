@@ -149,7 +149,7 @@ pub struct MigrateArgs {
     /// Copy an image a running VM holds (crash-consistent copy).
     #[arg(long)]
     pub force_share: bool,
-    /// Worker threads for the copy (default: number of CPUs, at least 2).
+    /// Worker threads for the copy (default: twice the CPUs, 8 to 16: the copy is I/O-bound).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print NDJSON events on stdout (human text goes to stderr).

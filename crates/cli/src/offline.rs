@@ -569,11 +569,7 @@ fn execute(
     let chain = c.chain.as_ref().ok_or("no chain")?;
     let plan = &c.plan;
     let shallow = plan.backing == "kept";
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2)
-    });
+    let threads = args.threads.unwrap_or_else(vmshift_copy::default_threads);
     if plan.crash_consistent {
         report.consistency = "crash_consistent".into();
         report.warnings.push(

@@ -3,6 +3,7 @@
 //! for verification, and honour the bandwidth limit and cancellation between chunks.
 
 use crate::digest::SparseDigest;
+use crate::io::{AlignedBuf, FastSource, Writeback};
 use crate::plan::{clip, plan_units, Unit};
 use crate::throttle::Throttle;
 use crate::zero::zero_runs;
@@ -213,6 +214,8 @@ pub fn copy_image_with(
     counters.start_pass(chunk_bytes);
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
+    let fast = FastSource::new(source, true);
+    let writeback = Writeback::new(target);
     for_each_unit(
         &work,
         opts.threads,
@@ -228,7 +231,7 @@ pub fn copy_image_with(
             }
             Unit::Chunk(idx) => {
                 let start = idx * opts.chunk;
-                let pieces = fill_chunk(source, extents, start, buf)?;
+                let pieces = fill_pieces(extents, start, buf, |dst, off| fast.read_at(dst, off))?;
                 // Wait before writing, so a limited copy never bursts ahead of its rate.
                 let data_read: u64 = pieces
                     .iter()
@@ -271,6 +274,7 @@ pub fn copy_image_with(
                         ExtentKind::Backing => {}
                     }
                 }
+                writeback.kick(start, buf.len() as u64);
                 if let Some(cb) = hooks.on_chunk {
                     let chunk_digest = match &digest {
                         Some(d) => d.add_chunk(start, buf),
@@ -326,6 +330,14 @@ pub fn copy_image_with(
     })
 }
 
+/// Copy workers when the user names none: the copy is I/O-bound, so there are more workers
+/// than CPUs to keep several reads and writes in flight (each worker holds one chunk
+/// buffer: 8 workers × 8 MiB chunks = 64 MiB).
+pub fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus * 2).clamp(8, 16)
+}
+
 /// An offset or length inside one chunk buffer as an index. Chunk buffers are allocated in
 /// memory, so their offsets always fit in `usize`.
 pub fn buf_index(v: u64) -> usize {
@@ -344,15 +356,23 @@ pub fn fill_chunk(
     start: u64,
     buf: &mut [u8],
 ) -> Result<Vec<Extent>, CopyError> {
+    fill_pieces(extents, start, buf, |dst, off| source.read_at(dst, off))
+}
+
+/// [`fill_chunk`] with the data reads done by `read`.
+fn fill_pieces(
+    extents: &[Extent],
+    start: u64,
+    buf: &mut [u8],
+    read: impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> Result<Vec<Extent>, CopyError> {
     let end = start + buf.len() as u64;
     let pieces = clip(extents, start, end);
     for p in &pieces {
         let at = buf_index(p.offset - start);
         let dst = &mut buf[at..at + buf_index(p.len)];
         match p.kind {
-            ExtentKind::Data => source
-                .read_at(dst, p.offset)
-                .map_err(|e| CopyError::read(p.offset, e))?,
+            ExtentKind::Data => read(dst, p.offset).map_err(|e| CopyError::read(p.offset, e))?,
             _ => dst.fill(0),
         }
     }
@@ -383,7 +403,8 @@ where
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
-                let mut buf = vec![0u8; chunk_len];
+                let mut aligned = AlignedBuf::new(chunk_len);
+                let buf = aligned.as_mut_slice();
                 loop {
                     if failed.load(Ordering::Relaxed) {
                         return;

@@ -4,15 +4,18 @@
 //! - [`engine`]: parallel workers that read, skip zeroes, write, throttle and hash.
 //! - [`digest`]: the content digest that proves source and target hold the same guest view.
 //! - [`zero`]: zero detection.
+//! - [`io`]: aligned buffers, `O_DIRECT` source reads, early target writeback.
 //! - [`throttle`]: the bandwidth limit.
 
 pub mod digest;
 pub mod engine;
+pub mod io;
 pub mod plan;
 pub mod throttle;
 pub mod zero;
 
 pub use digest::{chunk_digest, digest_image, first_difference, SparseDigest, DIGEST_BLOCK};
 pub use engine::{
-    copy_image, copy_image_with, ChunkDone, CopyError, CopyHooks, CopyOptions, CopyStats, Counters,
+    copy_image, copy_image_with, default_threads, ChunkDone, CopyError, CopyHooks, CopyOptions,
+    CopyStats, Counters,
 };
