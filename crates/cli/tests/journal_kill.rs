@@ -41,7 +41,7 @@ fn mixed_image(path: &Path, seed: u64) {
         match rng.next() % 10 {
             0 => {
                 let mut data = random_bytes(usize::try_from(len).unwrap(), rng.next());
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     // A zero run inside data.
                     let z = usize::try_from(len / 4).unwrap();
                     data[z..2 * z].fill(0);
@@ -166,7 +166,7 @@ fn kill_9_at_20_seeded_random_points_then_resume_gives_identical_targets() {
         .unwrap()
         .iter()
         .find(|p| p["phase"] == "copy" || p["name"] == "copy")
-        .map_or(t.elapsed().as_millis() as u64 / 2, |p| {
+        .map_or(u64::try_from(t.elapsed().as_millis()).unwrap() / 2, |p| {
             p["duration_ms"].as_u64().unwrap()
         })
         .max(200);
@@ -255,7 +255,7 @@ fn kill_between_a_checkpoints_fsync_and_its_commit_loses_only_that_checkpoint() 
     // Only checkpoint 1 (≥ 64 MiB of chunks) is recorded; checkpoint 2 was durable on disk
     // but never committed, so it is copied again.
     let recorded: u64 = chunks.iter().map(|c| c.len).sum();
-    assert!(recorded >= 64 * M && recorded < 160 * M, "{recorded}");
+    assert!((64 * M..160 * M).contains(&recorded), "{recorded}");
     let status = ws.vmshift().args(["status", &id]).output().unwrap();
     assert!(
         String::from_utf8_lossy(&status.stdout).contains("interrupted"),
