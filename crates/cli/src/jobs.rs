@@ -134,14 +134,15 @@ struct Pending {
 }
 
 /// Records copied chunks in the journal: target `fsync` first, then one transaction, at
-/// most every [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`]. Only one worker checkpoints
-/// at a time; the others keep copying meanwhile.
+/// most every [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`]. Checkpoints run on their own
+/// thread ([`Checkpointer::run`]) so copy workers never wait for an fsync.
 pub struct Checkpointer<'a> {
     link: &'a JournalLink,
     target: &'a TargetImage,
     partial: &'a Path,
     pending: Mutex<Pending>,
     flushing: Mutex<()>,
+    failed: Mutex<Option<String>>,
 }
 
 impl<'a> Checkpointer<'a> {
@@ -158,33 +159,54 @@ impl<'a> Checkpointer<'a> {
                 count: 0,
             }),
             flushing: Mutex::new(()),
+            failed: Mutex::new(None),
         }
     }
 
-    /// The engine's per-chunk callback.
+    /// The engine's per-chunk callback: queues the chunk for the next checkpoint.
     ///
     /// # Errors
-    /// [`CopyError::Hook`] when a due checkpoint cannot be made durable.
+    /// [`CopyError::Hook`] when an earlier checkpoint could not be made durable.
     pub fn chunk_done(&self, c: ChunkDone) -> Result<(), CopyError> {
-        let due = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.chunks.push(ChunkRecord {
-                index: c.index,
-                offset: c.offset,
-                len: c.len,
-                bytes: c.bytes,
-                digest: c.digest,
-                run: self.link.run,
-            });
-            p.bytes += c.len;
-            p.bytes >= CHECKPOINT_BYTES || p.since.elapsed() >= CHECKPOINT_INTERVAL
-        };
-        if due {
-            if let Ok(_g) = self.flushing.try_lock() {
-                self.flush_now()?;
+        if let Some(e) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(CopyError::Hook(e));
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.chunks.push(ChunkRecord {
+            index: c.index,
+            offset: c.offset,
+            len: c.len,
+            bytes: c.bytes,
+            digest: c.digest,
+            run: self.link.run,
+        });
+        p.bytes += c.len;
+        Ok(())
+    }
+
+    /// The checkpoint loop: until `stop` is raised, checkpoints whenever
+    /// [`CHECKPOINT_BYTES`] of chunks are queued or [`CHECKPOINT_INTERVAL`] has passed.
+    /// A failure is remembered and stops the copy at its next chunk.
+    pub fn run(&self, stop: &std::sync::atomic::AtomicBool) {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
+            let due = {
+                let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                !p.chunks.is_empty()
+                    && (p.bytes >= CHECKPOINT_BYTES || p.since.elapsed() >= CHECKPOINT_INTERVAL)
+            };
+            if due {
+                if let Err(e) = self.flush() {
+                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    return;
+                }
             }
         }
-        Ok(())
     }
 
     /// Makes every completed chunk durable and records it (end of copy).
@@ -208,6 +230,7 @@ impl<'a> Checkpointer<'a> {
             return Ok(());
         }
         // Data first: every chunk in `batch` finished its writes before it was queued.
+        let t = Instant::now();
         self.target.sync().map_err(|e| {
             CopyError::Hook(format!(
                 "{}: fsync failed at a checkpoint: {e}",
@@ -215,9 +238,18 @@ impl<'a> Checkpointer<'a> {
             ))
         })?;
         test_kill_point(&format!("checkpoint:{n}"));
+        let synced = t.elapsed();
         let mut j = self.link.journal.lock().unwrap_or_else(|e| e.into_inner());
         j.record_chunks(&self.link.id, &batch)
-            .map_err(|e| CopyError::Hook(format!("checkpoint not recorded: {e}")))
+            .map_err(|e| CopyError::Hook(format!("checkpoint not recorded: {e}")))?;
+        tracing::debug!(
+            checkpoint = n,
+            chunks = batch.len(),
+            fsync_us = u64::try_from(synced.as_micros()).unwrap_or(u64::MAX),
+            commit_us = u64::try_from((t.elapsed() - synced).as_micros()).unwrap_or(u64::MAX),
+            "checkpoint recorded"
+        );
+        Ok(())
     }
 }
 

@@ -689,7 +689,16 @@ fn execute(
     };
     let result = {
         let _p = out.progress("copy", counters.clone());
-        copy_image_with(&reader, &extents, &target, &opts, &hooks, cancel, &counters)
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            if let Some(cp) = &checkpointer {
+                let stop = &stop;
+                s.spawn(move || cp.run(stop));
+            }
+            let r = copy_image_with(&reader, &extents, &target, &opts, &hooks, cancel, &counters);
+            stop.store(true, Ordering::Relaxed);
+            r
+        })
     };
     let result = result.and_then(|s| match &checkpointer {
         Some(cp) => cp.flush().map(|()| s),
