@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build --release --quiet --bin vmshift
-exec ./target/release/vmshift demo "$@"
+exec cargo run --release --quiet --bin vmshift -- demo "$@"

@@ -359,7 +359,7 @@ fn c22_destination_out_of_space_is_refused_up_front_or_cleaned_up() {
         ])
         .get_program()
         .to_owned();
-    let mut proc = std::process::Command::new(child)
+    let proc = std::process::Command::new(child)
         .args([
             "migrate",
             p(&case.join("src.qcow2")),

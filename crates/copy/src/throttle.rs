@@ -1,7 +1,7 @@
 //! Bandwidth limit shared by all workers: each worker adds the bytes it moved and sleeps
 //! until the running total is back under `rate * elapsed`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A shared byte-rate limit.
@@ -32,11 +32,16 @@ impl Throttle {
         due.saturating_sub(now.duration_since(self.start))
     }
 
-    /// Accounts `bytes` and sleeps as long as the limit requires.
-    pub fn take(&self, bytes: u64) {
-        let d = self.delay_after(bytes, Instant::now());
-        if !d.is_zero() {
-            std::thread::sleep(d);
+    /// Accounts `bytes` and sleeps as long as the limit requires, in slices of at most
+    /// 100 ms so that a raised `cancel` flag ends the wait promptly even at tiny rates.
+    pub fn take(&self, bytes: u64, cancel: &AtomicBool) {
+        let deadline = Instant::now() + self.delay_after(bytes, Instant::now());
+        loop {
+            let now = Instant::now();
+            if now >= deadline || cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
         }
     }
 }
@@ -53,5 +58,13 @@ mod tests {
         assert_eq!(t.delay_after(1 << 20, now), Duration::from_secs(2));
         let unlimited = Throttle::new(0);
         assert_eq!(unlimited.delay_after(1 << 40, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_raised_cancel_flag_ends_a_long_wait() {
+        let t = Throttle::new(50); // 50 B/s: one MiB would wait for hours
+        let start = Instant::now();
+        t.take(1 << 20, &AtomicBool::new(true));
+        assert!(start.elapsed() < Duration::from_secs(1));
     }
 }

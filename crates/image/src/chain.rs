@@ -103,23 +103,36 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
     let mut seen = HashSet::new();
     let mut path = top.to_path_buf();
     let mut recorded: Option<String> = None;
-    let mut format =
-        match opts.top_format {
-            Some(f) => f,
-            None => {
-                let head = read_head(&path)?;
-                match detect_format(&head) {
-                    DetectedFormat::Qcow2 => LayerFormat::Qcow2,
-                    DetectedFormat::Raw => LayerFormat::Raw,
-                    DetectedFormat::Other(name) => return Err(ImageError::new(
+    if path.is_dir() {
+        return Err(ImageError::new(
+            "not_a_file",
+            &path,
+            "is a directory, not an image file",
+            "name the image file itself",
+        ));
+    }
+    let mut format = match opts.top_format {
+        Some(f) => f,
+        None => {
+            let head = read_head(&path)?;
+            match detect_format(&head) {
+                DetectedFormat::Qcow2 => LayerFormat::Qcow2,
+                DetectedFormat::Raw => LayerFormat::Raw,
+                DetectedFormat::Other(name) => {
+                    return Err(ImageError::new(
                         "unsupported_format",
                         &path,
                         format!("is a {name} image, which vmshift does not copy"),
-                        "convert it first with qemu-img convert -O qcow2, then migrate the result",
-                    )),
+                        if name.starts_with("luks") {
+                            "it is encrypted: unlock it with cryptsetup, or move the file as it is with the VM off"
+                        } else {
+                            "convert it first with qemu-img convert -O qcow2, then migrate the result"
+                        },
+                    ))
                 }
             }
-        };
+        }
+    };
     loop {
         let meta = std::fs::metadata(&path).map_err(|e| {
             let (code, hint) = if recorded.is_some() {
@@ -160,12 +173,17 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
             LayerFormat::Raw => None,
             LayerFormat::Qcow2 => {
                 let head = read_head(&path)?;
+                let stated = layers.is_empty() && opts.top_format.is_some();
                 Some(Qcow2Header::parse(&head).map_err(|e| {
                     ImageError::new(
                         "bad_header",
                         &path,
                         format!("has an invalid qcow2 header: {e}"),
-                        "the image is damaged; restore it from a backup",
+                        if stated {
+                            "check --source-format: the file may not be qcow2"
+                        } else {
+                            "the image is damaged; restore it from a backup"
+                        },
                     )
                 })?)
             }

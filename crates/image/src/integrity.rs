@@ -131,7 +131,7 @@ fn walk_tables(
             out.mapped_clusters += 1;
             if !host.is_multiple_of(cluster) || host.saturating_add(cluster) > file_size {
                 return Err(format!(
-                    "data cluster for guest offset {guest:#x} points at {host:#x}, past the end of the file ({file_size:#x}) or misaligned: its data is lost"
+                    "data cluster for guest offset {guest:#x} points at {host:#x}, which extends past the end of the file ({file_size:#x}) or is misaligned: its data is lost"
                 ));
             }
         }

@@ -17,6 +17,18 @@ const LOCK_SHARED_BASE: i64 = 200;
 const PERM_CONSISTENT_READ: i64 = 0;
 /// QEMU permission bit: write.
 const PERM_WRITE: i64 = 1;
+/// QEMU permission bit: resize.
+const PERM_RESIZE: i64 = 3;
+
+/// Lock bytes whose holder makes a copy unsafe: somebody may write or resize the image
+/// (QEMU holds these for a writable disk), or somebody does not share consistent reads.
+/// Readers — a VM using the image as a read-only backing file, another vmshift copy — hold
+/// none of them.
+const UNSAFE_FOR_COPY: [i64; 3] = [
+    LOCK_PERM_BASE + PERM_WRITE,
+    LOCK_PERM_BASE + PERM_RESIZE,
+    LOCK_SHARED_BASE + PERM_CONSISTENT_READ,
+];
 
 // The F_* lock constants are small positive values; libc types them c_int, flock wants c_short.
 #[allow(clippy::cast_possible_truncation)]
@@ -50,21 +62,20 @@ fn ofd_lock(
     Ok(fl)
 }
 
-/// Tells whether any process holds QEMU's lock bytes on `path`, and which processes have it
-/// open (from `/proc/*/fd`; OFD locks carry no pid).
+/// Tells whether a process holds QEMU's lock bytes on `path` in a way that makes copying it
+/// unsafe (it may write or resize the image: a running VM's writable disk), and which
+/// processes have it open (from `/proc/*/fd`; OFD locks carry no pid).
 ///
 /// # Errors
 /// The error of opening the file or of `fcntl(F_OFD_GETLK)`.
 pub fn probe(path: &Path) -> io::Result<LockState> {
     let file = File::open(path)?;
-    let fl = ofd_lock(
-        &file,
-        libc::F_OFD_GETLK,
-        WRLCK,
-        LOCK_PERM_BASE,
-        LOCK_SHARED_BASE + 100 - LOCK_PERM_BASE,
-    )?;
-    if fl.l_type == UNLCK {
+    let mut held = false;
+    for byte in UNSAFE_FOR_COPY {
+        let fl = ofd_lock(&file, libc::F_OFD_GETLK, WRLCK, byte, 1)?;
+        held |= fl.l_type != UNLCK;
+    }
+    if !held {
         return Ok(LockState::Free);
     }
     let (pids, names) = holders(path);
@@ -120,6 +131,16 @@ pub fn hold_for_reading(path: &Path) -> io::Result<File> {
     ] {
         ofd_lock(&file, libc::F_OFD_SETLK, RDLCK, byte, 1)?;
     }
+    // Like QEMU's raw_check_lock_bytes(): our locks do not conflict with a writer's, so check
+    // that nobody holds a permission we refuse to share.
+    for byte in UNSAFE_FOR_COPY {
+        if ofd_lock(&file, libc::F_OFD_GETLK, WRLCK, byte, 1)?.l_type != UNLCK {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another process holds the image's write lock",
+            ));
+        }
+    }
     Ok(file)
 }
 
@@ -128,14 +149,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_own_read_locks_are_seen_by_another_open_file_description() {
+    fn a_writer_lock_is_seen_but_a_reader_lock_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");
         std::fs::write(&p, vec![0u8; 4096]).unwrap();
         assert_eq!(probe(&p).unwrap(), LockState::Free);
-        let held = hold_for_reading(&p).unwrap();
+        // Another vmshift copy (or a VM reading a backing file) does not make copying unsafe.
+        let reader = hold_for_reading(&p).unwrap();
+        assert_eq!(probe(&p).unwrap(), LockState::Free);
+        // A VM with the image writable holds the WRITE permission byte.
+        let vm = File::open(&p).unwrap();
+        ofd_lock(
+            &vm,
+            libc::F_OFD_SETLK,
+            RDLCK,
+            LOCK_PERM_BASE + PERM_WRITE,
+            1,
+        )
+        .unwrap();
         assert!(matches!(probe(&p).unwrap(), LockState::Held { .. }));
-        drop(held);
+        // ... and then our reading lock (unshare write) cannot be taken.
+        drop(reader);
+        assert!(hold_for_reading(&p).is_err());
+        drop(vm);
         assert_eq!(probe(&p).unwrap(), LockState::Free);
     }
 }
