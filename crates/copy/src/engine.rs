@@ -238,7 +238,7 @@ pub fn copy_image_with(
                     .filter(|p| p.kind == ExtentKind::Data)
                     .map(|p| p.len)
                     .sum();
-                throttle.take(data_read);
+                throttle.take(data_read, cancel);
                 let mut written = 0u64;
                 for p in &pieces {
                     let at = buf_index(p.offset - start);
