@@ -382,8 +382,13 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
             p.run,
             p.phase,
             p.started_at,
-            p.duration_ms
-                .map_or_else(|| "(not ended)".to_string(), |d| format!("{d} ms"))
+            match p.duration_ms {
+                Some(d) => format!("{d} ms"),
+                None if p.run < job.runs || running_pid(&job.id).is_none() => {
+                    "(interrupted)".to_string()
+                }
+                None => "(running)".to_string(),
+            }
         );
     }
     Ok(0)

@@ -532,10 +532,18 @@ pub fn run_job(
             ));
         } else {
             out.say(&format!(
-                "vmshift: succeeded: {} → {} ({} copied, {} zero skipped, verification {})",
+                "vmshift: succeeded: {} → {} ({} copied, {}{} zero skipped, verification {})",
                 report.source.path,
                 report.destination.path,
                 format_bytes(report.bytes_copied),
+                if report.bytes_reused > 0 {
+                    format!(
+                        "{} reused from earlier runs, ",
+                        format_bytes(report.bytes_reused)
+                    )
+                } else {
+                    String::new()
+                },
                 format_bytes(report.bytes_skipped_zero),
                 report.verification.result
             ));
