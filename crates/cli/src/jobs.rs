@@ -116,7 +116,8 @@ impl JournalLink {
 /// A test-only crash point: when `VMSHIFT_TEST_SIGKILL_AT` equals `point` in a debug build,
 /// the process sends itself SIGKILL right here (a real kill, no cleanup). Release builds
 /// ignore the variable. Points: `checkpoint:N` (after the Nth checkpoint's fsync, before its
-/// journal commit) and `cutover` (after the last commit and verification, before the rename).
+/// journal commit), `cutover` (after the last commit and verification, before the rename)
+/// and `renamed` (after the rename, before the journal records success).
 pub fn test_kill_point(point: &str) {
     if cfg!(debug_assertions) && std::env::var("VMSHIFT_TEST_SIGKILL_AT").is_ok_and(|v| v == point)
     {

@@ -148,10 +148,13 @@ pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
             walk_extents: true,
         },
     );
-    let requested = args.format.map(|f| match f {
-        FormatArg::Raw => TargetFormat::Raw,
-        FormatArg::Qcow2 => TargetFormat::Qcow2,
-    });
+    let requested = args
+        .format
+        .map(|f| match f {
+            FormatArg::Raw => TargetFormat::Raw,
+            FormatArg::Qcow2 => TargetFormat::Qcow2,
+        })
+        .or_else(|| format_from_name(&args.to));
     let src_format = if inspection.facts.format == "qcow2" {
         TargetFormat::Qcow2
     } else {
@@ -183,6 +186,13 @@ pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
             "drop --no-verify or --delete-source",
         ));
     }
+    let extra = crate::safety::problems(
+        args,
+        inspection.chain.as_ref(),
+        &target_path,
+        &inspection.facts.lock,
+    );
+    plan.problems.extend(extra);
     if args.to.as_os_str().to_string_lossy().ends_with('/') && !args.to.is_dir() {
         plan.problems.insert(
             0,
@@ -208,6 +218,19 @@ pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
     }
 }
 
+/// The format a target file name asks for (`x.qcow2`, `x.raw`), when `--to` names a file.
+fn format_from_name(to: &Path) -> Option<TargetFormat> {
+    if to.is_dir() {
+        return None;
+    }
+    match to.extension()?.to_str()? {
+        "qcow2" => Some(TargetFormat::Qcow2),
+        "raw" => Some(TargetFormat::Raw),
+        _ => None,
+    }
+}
+
+/// Absolute form of `p` (not resolving symlinks).
 pub fn abs(p: &Path) -> String {
     std::path::absolute(p)
         .unwrap_or_else(|_| p.to_path_buf())
@@ -446,7 +469,9 @@ pub fn run_job(
         allocated_bytes: 0,
         backing_chain: Vec::new(),
     };
-    print_plan(&out, &c);
+    if c.plan.go() {
+        print_plan(&out, &c);
+    }
     let code = if !c.plan.go() {
         let msg = c
             .plan
@@ -599,6 +624,7 @@ fn execute(
             })?,
         )
     };
+    let stamp = crate::safety::SourceStamp::take(chain);
     let reader = ImageReader::open(chain).map_err(|e| e.to_string())?;
     let extents = reader
         .extents(0, reader.virtual_size(), shallow)
@@ -619,11 +645,11 @@ fn execute(
         let first = &below.layers[0];
         let name = std::fs::canonicalize(&first.path)
             .map_err(|e| format!("{}: {e}", first.path.display()))?;
-        report.destination.backing_chain = below
-            .layers
-            .iter()
-            .map(|l| l.path.display().to_string())
-            .collect();
+        report.destination.backing_chain = below.layers.iter().map(|l| abs(&l.path)).collect();
+        report.warnings.push(format!(
+            "the target still depends on its backing file {} (kept in place): do not move or delete it",
+            name.display()
+        ));
         Some((name.display().to_string(), first.format, below))
     } else {
         None
@@ -747,10 +773,17 @@ fn execute(
                 (e, true) if e.is_no_space() => {
                     " (the destination ran out of space; the partial target was kept: free space, then `vmshift resume`)"
                 }
-                (CopyError::Cancelled, _) => "",
+                (CopyError::Cancelled, true) => {
+                    " at a chunk boundary (signal or vmshift cancel); the source is untouched and the partial target was kept"
+                }
+                (CopyError::Cancelled, false) => {
+                    " at a chunk boundary (signal or vmshift cancel); the source is untouched and the partial target was removed"
+                }
                 (_, true) => " (the partial target was kept: fix the cause, then `vmshift resume`)",
                 (_, false) => "",
             };
+            report.bytes_copied = counters.copied.load(Ordering::Relaxed);
+            report.bytes_skipped_zero = counters.skipped.load(Ordering::Relaxed);
             return Err(format!("{e}{hint}"));
         }
     };
@@ -764,7 +797,9 @@ fn execute(
     report.throughput_bytes_per_sec = vmshift_core::rate_bytes_per_sec(stats.bytes_processed, secs);
 
     // Verify.
-    timer.start(out, Phase::Verify);
+    if !args.no_verify {
+        timer.start(out, Phase::Verify);
+    }
     let src_size = reader.virtual_size();
     if args.no_verify {
         report.verification.algorithm = vmshift_copy::digest::ALGORITHM.into();
@@ -808,6 +843,13 @@ fn execute(
         }
         report.verification.result = "match".into();
     }
+    if let Some(changed) = stamp.changed_since(chain) {
+        report.verification.result = "source_changed".into();
+        return Err(format!(
+            "{} changed while it was copied (size or modification time): something wrote to it without taking QEMU's image lock, so the copy is not proven identical; the target was removed",
+            changed.display()
+        ));
+    }
 
     // Cut over.
     timer.start(out, Phase::Cutover);
@@ -820,6 +862,7 @@ fn execute(
         )
     })?;
     guard.armed = false;
+    test_kill_point("renamed");
     if let Some(dir) = c.target_path.parent() {
         let d = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -836,7 +879,7 @@ fn execute(
 
     // References.
     timer.start(out, Phase::References);
-    let users = images_using(&chain.top().path);
+    let users = crate::safety::dependants(&chain.top().path);
     report.references.push(format!(
         "point the VM at {} (format {}) instead of {}: e.g. virsh edit DOMAIN and change <source file=...> and <driver type=...>, or the -drive/-blockdev filename of your QEMU command line",
         report.destination.path, report.destination.format, report.source.path
@@ -850,13 +893,22 @@ fn execute(
     if args.delete_source {
         if !users.is_empty() {
             report.warnings.push(format!(
-                "the source was NOT deleted: {} image(s) still use it as a backing file",
-                users.len()
+                "the source was NOT deleted: {} still use it as a backing file",
+                crate::safety::names(&users)
             ));
         } else {
-            std::fs::remove_file(&chain.top().path)
+            // Through a symlink, delete the image itself, then the link.
+            let top = &chain.top().path;
+            let real = std::fs::canonicalize(top).unwrap_or_else(|_| top.clone());
+            std::fs::remove_file(&real)
                 .map_err(|e| format!("copy verified, but the source could not be deleted: {e}"))?;
+            if real != *top {
+                let _ = std::fs::remove_file(top);
+            }
             report.source_deleted = true;
+            report
+                .notes
+                .push(format!("deleted the source {}", real.display()));
         }
     }
     Ok(())
@@ -893,41 +945,4 @@ fn tail_is_zero(r: &ImageReader, from: u64, to: u64) -> bool {
     let len = (to - from).min(1 << 20) as usize;
     let mut buf = vec![0u8; len];
     to - from <= 1 << 20 && r.read_at(&mut buf, from).is_ok() && vmshift_copy::zero::is_zero(&buf)
-}
-
-/// qcow2 images in the source's directory whose backing chain refers to `image`.
-fn images_using(image: &Path) -> Vec<PathBuf> {
-    let Ok(target) = std::fs::canonicalize(image) else {
-        return Vec::new();
-    };
-    let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut users = Vec::new();
-    for e in entries.flatten() {
-        let p = e.path();
-        if p == target || !p.is_file() {
-            continue;
-        }
-        let Ok(mut f) = std::fs::File::open(&p) else {
-            continue;
-        };
-        let mut head = vec![0u8; 4096];
-        use std::io::Read;
-        let n = f.read(&mut head).unwrap_or(0);
-        let Ok(h) = vmshift_image::header::Qcow2Header::parse(&head[..n]) else {
-            continue;
-        };
-        let Some(name) = h.backing_file else { continue };
-        let resolved = if Path::new(&name).is_absolute() {
-            PathBuf::from(&name)
-        } else {
-            dir.join(&name)
-        };
-        if std::fs::canonicalize(&resolved).is_ok_and(|r| r == target) {
-            users.push(p);
-        }
-    }
-    users
 }

@@ -140,6 +140,14 @@ pub fn run_resume(
         ));
     }
     let partial = PathBuf::from(&job.partial);
+    let dest = Path::new(&job.destination);
+    if !partial.exists()
+        && dest.exists()
+        && matches!(job.partial_state.as_str(), "writing" | "kept")
+    {
+        // Killed after the rename, before the journal heard of it: prove and finish.
+        return finish_renamed(&j, &job, &args, dest);
+    }
     let mut chunks = j.chunks(&job.id).map_err(|e| anyhow!("{e}"))?;
     let mut notes = Vec::new();
     let mut reuse = partial.exists();
@@ -256,6 +264,55 @@ pub fn run_resume(
             notes,
         }),
     )
+}
+
+/// The job was killed between renaming its verified target into place and recording
+/// success: digests the source and the target again and, when they match, records the job
+/// `succeeded`. A mismatch is refused and the file left alone.
+fn finish_renamed(
+    j: &vmshift_journal::Journal,
+    job: &vmshift_journal::JobRecord,
+    args: &MigrateArgs,
+    dest: &Path,
+) -> Result<ExitCode> {
+    let opts = |f: Option<FormatArg>| ChainOptions {
+        top_format: f.map(layer_format),
+        backing_format: args.backing_format.map(layer_format),
+    };
+    let chain =
+        resolve_chain(&args.source, &opts(args.source_format)).map_err(|e| anyhow!("{e}"))?;
+    let reader = ImageReader::open(&chain).map_err(|e| anyhow!("{e}"))?;
+    let tformat = if is_qcow2(dest) {
+        LayerFormat::Qcow2
+    } else {
+        LayerFormat::Raw
+    };
+    let tchain = target_chain(dest, tformat, None).map_err(|e| anyhow!("{e}"))?;
+    let treader = ImageReader::open(&tchain).map_err(|e| anyhow!("{e}"))?;
+    let size = reader.virtual_size();
+    let never = AtomicBool::new(false);
+    let counters = vmshift_copy::Counters::default();
+    let digest = |r: &ImageReader| {
+        vmshift_copy::digest_image(r, size, 2, crate::offline::CHUNK, &never, &counters)
+            .map(|d| d.hex())
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let (a, b) = (digest(&reader)?, digest(&treader)?);
+    if a != b || treader.virtual_size() < size {
+        return refuse(format!(
+            "{} exists but does not match the source: the job was interrupted after its rename and the file changed since; it is left alone",
+            dest.display()
+        ));
+    }
+    j.set_partial_state(&job.id, "final")
+        .and_then(|()| j.set_status(&job.id, "succeeded", None))
+        .map_err(|e| anyhow!("{e}"))?;
+    eprintln!(
+        "vmshift: job {} had already put {} in place before it was interrupted; verified again (blake3 {a}): succeeded",
+        job.id,
+        dest.display()
+    );
+    Ok(0)
 }
 
 #[cfg(test)]

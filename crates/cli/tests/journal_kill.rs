@@ -300,3 +300,26 @@ fn kill_between_the_last_commit_and_the_rename_resumes_without_copying() {
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("succeeded"), "{}", stderr(&again));
 }
+
+#[test]
+fn kill_after_the_rename_before_success_is_recorded_is_finished_by_resume() {
+    let ws = Ws::new();
+    let src = dense_source(&ws);
+    let dst = ws.mkdir("dst");
+    let mut child = spawn_migrate(
+        &ws,
+        &src,
+        &dst,
+        &[],
+        &[("VMSHIFT_TEST_SIGKILL_AT", "renamed")],
+    );
+    let (id, _o) = wait_copy_started(&mut child);
+    child.wait().unwrap();
+    assert!(dst.join("d.raw").exists());
+    assert_eq!(journal(&ws).job(&id).unwrap().status, "running");
+    let out = ws.vmshift().args(["resume", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("verified again"), "{}", stderr(&out));
+    assert_eq!(journal(&ws).job(&id).unwrap().status, "succeeded");
+    assert_same_image(&src, &dst.join("d.raw"));
+}
