@@ -176,15 +176,35 @@ started=$(date +%s)
 vm_tools=(vmshift "vmshift --no-verify")
 "$VMSHIFT" migrate --help | grep -q -- '--no-journal' && vm_tools+=("vmshift --no-journal")
 q_tools=("qemu-img" "qemu-img -m16 -W" nbdcopy)
+# The disk's own limit for a copy: fio reading the source and writing a new file at once
+# (8 MiB requests, 8 in flight each, O_DIRECT), the slower side's time.
+disk_limit() {
+  command -v fio >/dev/null || return 0
+  local times=() r t
+  for ((r = 1; r <= runs; r++)); do
+    rm -f "$dir/out/fio.raw"; drop_caches
+    t=$(fio --name=r --filename="$in/dense.raw" --rw=read --bs=8M --direct=1 --ioengine=libaio \
+          --iodepth=8 --size="$dense" --name=w --filename="$dir/out/fio.raw" --rw=write --bs=8M \
+          --direct=1 --ioengine=libaio --iodepth=8 --size="$dense" --end_fsync=1 2>&1 |
+        sed -n 's/.*run=\([0-9]*\)-\([0-9]*\)msec.*/\2/p' | sort -n | tail -1)
+    times+=("$(awk -v t="$t" 'BEGIN{printf "%.3f", t/1000}')")
+  done
+  rm -f "$dir/out/fio.raw"
+  local m; m=$(printf '%s\n' "${times[@]}" | median)
+  med_secs["a/fio (disk limit)"]=$m
+  rows+=("a|dense raw->raw|fio (disk limit)|$m|$dense|0|$dense|0")
+  printf 'bench: a  %-26s %-22s %7ss (runs: %s)\n' "disk limit" "fio read+write" "$m" "${times[*]}" >&2
+}
+
 for c in $cases; do
   case "$c" in
-    a) bench_case a "dense raw→raw" "$in/dense.raw" raw raw "${vm_tools[@]}" "${q_tools[@]}" ;;
-    b) bench_case b "dense raw→qcow2" "$in/dense.raw" raw qcow2 "${vm_tools[@]}" "${q_tools[@]}" ;;
-    c) bench_case c "dense qcow2→raw" "$in/dense.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}" ;;
-    d) bench_case d1 "sparse 5% qcow2→qcow2" "$in/sparse.qcow2" qcow2 qcow2 "${vm_tools[@]}" "${q_tools[@]}"
-       bench_case d2 "sparse 5% qcow2→raw" "$in/sparse.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}" ;;
-    e) bench_case e "3-layer chain→qcow2" "$in/top.qcow2" qcow2 qcow2 "${vm_tools[@]}" "${q_tools[@]}" ;;
-    g) bench_case g "1 TiB virtual→qcow2" "$in/huge.qcow2" qcow2 qcow2 vmshift "qemu-img" ;;
+    a) bench_case a "dense raw->raw" "$in/dense.raw" raw raw "${vm_tools[@]}" "${q_tools[@]}"; disk_limit ;;
+    b) bench_case b "dense raw->qcow2" "$in/dense.raw" raw qcow2 "${vm_tools[@]}" "${q_tools[@]}" ;;
+    c) bench_case c "dense qcow2->raw" "$in/dense.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}" ;;
+    d) bench_case d1 "sparse 5% qcow2->qcow2" "$in/sparse.qcow2" qcow2 qcow2 "${vm_tools[@]}" "${q_tools[@]}"
+       bench_case d2 "sparse 5% qcow2->raw" "$in/sparse.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}" ;;
+    e) bench_case e "3-layer chain->qcow2" "$in/top.qcow2" qcow2 qcow2 "${vm_tools[@]}" "${q_tools[@]}" ;;
+    g) bench_case g "1 TiB virtual->qcow2" "$in/huge.qcow2" qcow2 qcow2 vmshift "qemu-img" ;;
     *) echo "bench: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -193,13 +213,13 @@ done
 echo
 echo "vmshift bench ($( [ "$quick" = 1 ] && echo quick || echo full ), $runs runs each, median): $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(df -T "$dir" | awk 'NR==2{print $2" on "$1}'), $(uname -r)"
 echo "$drop_note; every run ends with sync of the output; $( [ "$check_all" = 1 ] && echo "every output compared" || echo "every output size-checked, first run of each compared") with qemu-img compare"
-printf '| %-3s | %-22s | %-22s | %8s | %8s | %6s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" "RSS MiB" "alloc MiB"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----- ------------------------ ------------------------ ---------: ---------: -------: ----------: ------------:
+printf '| %-4s | %-22s | %-22s | %8s | %8s | %7s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" "RSS MiB" "alloc MiB"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ------------------------ ---------: ---------: --------: ----------: -----------:
 for row in "${rows[@]}"; do
   IFS='|' read -r c label tool s data rss a src_alloc <<<"$row"
   base=${med_secs["$c/qemu-img"]}
   awk -v c="$c" -v l="$label" -v t="$tool" -v s="$s" -v d="$data" -v r="$rss" -v a="$a" -v sa="$src_alloc" -v b="$base" 'BEGIN{
-    printf "| %-3s | %-22s | %-22s | %8.2f | %8.0f | %5.2fx | %9.1f | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, r/1024, a/1048576 }'
+    printf "| %-4s | %-22s | %-22s | %8.2f | %8.0f | %6.2fx | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
 done
 echo
 for c in a b c d1 d2 e; do

@@ -13,9 +13,11 @@ have_qemu_pair() {
 have_qemu_pair || need+=(qemu)
 for bin in mkfs.ext4:e2fsprogs busybox:busybox-static cpio:cpio nbdkit:nbdkit nbdcopy:libnbd-bin \
            python3:python3 zstd:zstd xz:xz-utils gzip:gzip gcc:gcc strings:binutils \
-           dpkg-deb:dpkg; do
+           dpkg-deb:dpkg fio:fio openssl:openssl; do
   command -v "${bin%%:*}" >/dev/null || need+=("${bin#*:}")
 done
+# scripts/bench.sh measures peak RSS with GNU time (`time` alone is the shell keyword)
+[ -x /usr/bin/time ] || need+=(time)
 # the test guest's stamper is linked statically (scripts/build-guest.sh)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -13,6 +13,7 @@ use vmshift_copy::{chunk_digest, SparseDigest};
 use vmshift_core::extent::{Extent, ExtentKind};
 
 const M: u64 = 1 << 20;
+const M_USIZE: usize = 1 << 20;
 
 /// Deterministic non-zero pseudo-random bytes (xorshift64*).
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -57,7 +58,7 @@ fn bench(filter: &Option<String>, name: &str, bytes: u64, mut f: impl FnMut()) {
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let chunk = 8 * M as usize;
+    let chunk = 8 * M_USIZE;
     let data = random_bytes(chunk, 7);
     let zeroes = vec![0u8; chunk];
     let mut mixed = random_bytes(chunk, 9);
@@ -124,7 +125,7 @@ fn main() {
         },
     );
     bench(&filter, "hash: blake3::hash, random 1 MiB", M, || {
-        black_box(blake3::hash(black_box(&data[..M as usize])));
+        black_box(blake3::hash(black_box(&data[..M_USIZE])));
     });
 
     // Extent planning.

@@ -214,7 +214,7 @@ pub fn copy_image_with(
     counters.start_pass(chunk_bytes);
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
-    let fast = FastSource::new(source, true);
+    let fast = FastSource::new(source, crate::io::direct_reads_requested());
     let writeback = Writeback::new(target);
     for_each_unit(
         &work,
