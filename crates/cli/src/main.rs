@@ -8,6 +8,7 @@ mod jobs;
 mod live;
 mod offline;
 mod output;
+mod safety;
 mod resume;
 mod state;
 

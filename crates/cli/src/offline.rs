@@ -520,7 +520,13 @@ pub fn run_job(
     timer.end();
     report.phases = std::mem::take(&mut timer.phases);
     report.duration_ms = vmshift_core::millis(started.elapsed());
-    let path = write_report(&report, args.report.as_deref())?;
+    // Never write the extra report where the check found it would destroy something.
+    let extra_report = if c.plan.problems.iter().any(|p| p.code == "report_path") {
+        None
+    } else {
+        args.report.as_deref()
+    };
+    let path = write_report(&report, extra_report)?;
     if let Some(l) = &link {
         let partial = partial_path(&c.target_path);
         let partial_state = match report.status {

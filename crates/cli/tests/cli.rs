@@ -189,7 +189,7 @@ fn no_verify_is_reported_and_delete_source_removes_a_verified_source() {
 fn bwlimit_caps_the_copy_rate() {
     let ws = Ws::new();
     let img = ws.path("d.raw");
-    std::fs::write(&img, random_bytes(12 * M as usize, 3)).unwrap();
+    std::fs::write(&img, random_bytes(12 << 20, 3)).unwrap();
     let t = Instant::now();
     let (code, r, _) = ws.migrate(&img, &ws.mkdir("dst"), &["--bwlimit", "6M"]);
     assert_eq!(code, 0);
@@ -206,7 +206,7 @@ fn bwlimit_caps_the_copy_rate() {
 fn sigterm_mid_copy_cancels_and_leaves_no_target() {
     let ws = Ws::new();
     let img = ws.path("d.raw");
-    std::fs::write(&img, random_bytes(16 * M as usize, 4)).unwrap();
+    std::fs::write(&img, random_bytes(16 << 20, 4)).unwrap();
     let dst = ws.mkdir("dst");
     let bin = assert_cmd::cargo::cargo_bin("vmshift");
     let child = std::process::Command::new(bin)
@@ -232,10 +232,7 @@ fn sigterm_mid_copy_cancels_and_leaves_no_target() {
     assert_eq!(r["status"], "cancelled");
     assert_eq!(r["error"]["phase"], "copy");
     assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
-    assert_eq!(
-        std::fs::read(&img).unwrap(),
-        random_bytes(16 * M as usize, 4)
-    );
+    assert_eq!(std::fs::read(&img).unwrap(), random_bytes(16 << 20, 4));
 }
 
 #[test]

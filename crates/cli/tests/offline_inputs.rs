@@ -24,7 +24,7 @@ fn migrate_ok(
 fn raw_dense_keeps_every_byte_and_allocation() {
     let ws = Ws::new();
     let src = ws.path("dense.raw");
-    std::fs::write(&src, random_bytes(64 * M as usize, 1)).unwrap();
+    std::fs::write(&src, random_bytes(64 << 20, 1)).unwrap();
     let (dst, r) = migrate_ok(&ws, &src, &[]);
     assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
     assert_eq!(r["bytes_copied"], 64 * M);

@@ -12,9 +12,12 @@ fn assert_refused(ws: &Ws, src: &Path, extra: &[&str], needle: &str) {
     let err = stderr(&out);
     assert_eq!(code, 2, "not refused: {err}");
     assert_eq!(r["status"], "refused");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("refused:"))
+    // One line with the reason (plus the job id and where the report is).
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() <= 5, "refusal is not short: {err}");
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("vmshift: refused: "))
         .unwrap_or_else(|| panic!("no refusal line: {err}"));
     assert!(line.contains(needle), "{line}");
     assert!(!err.contains("panicked"));

@@ -58,7 +58,7 @@ fn raw_target_full_of_old_data_ends_identical() {
     let dir = tempfile::tempdir().unwrap();
     let reader = sparse_source(dir.path());
     let tpath = dir.path().join("t.raw");
-    std::fs::write(&tpath, vec![0xffu8; 8 * M as usize]).unwrap();
+    std::fs::write(&tpath, vec![0xffu8; 8 << 20]).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -77,7 +77,7 @@ fn raw_target_full_of_old_data_ends_identical() {
     )
     .unwrap();
     target.sync().unwrap();
-    let mut expect = vec![0u8; 8 * M as usize];
+    let mut expect = vec![0u8; 8 << 20];
     reader.read_at(&mut expect, 0).unwrap();
     assert_eq!(std::fs::read(&tpath).unwrap(), expect);
 }
@@ -146,7 +146,7 @@ fn a_raised_cancel_flag_stops_before_any_write() {
     let dir = tempfile::tempdir().unwrap();
     let reader = sparse_source(dir.path());
     let tpath = dir.path().join("t.raw");
-    std::fs::write(&tpath, vec![0xffu8; 8 * M as usize]).unwrap();
+    std::fs::write(&tpath, vec![0xffu8; 8 << 20]).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -164,5 +164,5 @@ fn a_raised_cancel_flag_stops_before_any_write() {
     )
     .unwrap_err();
     assert!(matches!(err, vmshift_copy::CopyError::Cancelled));
-    assert_eq!(std::fs::read(&tpath).unwrap(), vec![0xffu8; 8 * M as usize]);
+    assert_eq!(std::fs::read(&tpath).unwrap(), vec![0xffu8; 8 << 20]);
 }

@@ -100,8 +100,7 @@ pub fn last_report(out: &Output) -> Value {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "report")
-        .last()
+        .rfind(|v| v["event"] == "report")
         .map(|v| v["report"].clone())
         .unwrap_or(Value::Null)
 }
