@@ -150,7 +150,7 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub force_share: bool,
     /// Worker threads for the copy (default: twice the CPUs, 8 to 16: the copy is I/O-bound).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Print NDJSON events on stdout (human text goes to stderr).
     #[arg(long)]
@@ -173,4 +173,13 @@ pub struct MigrateArgs {
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     vmshift_core::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => Err(format!(
+            "invalid thread count {s:?}: use a number from 1 to 256"
+        )),
+    }
 }

@@ -129,6 +129,21 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         }
     };
     let top = chain.top();
+    if let Some(stated) = opts.chain.top_format {
+        let detected = std::fs::File::open(&top.path).ok().and_then(|f| {
+            use std::io::Read;
+            let mut head = Vec::with_capacity(4096);
+            f.take(4096).read_to_end(&mut head).ok()?;
+            Some(crate::header::detect_format(&head))
+        });
+        if let Some(d) = detected.filter(|d| d.to_string() != stated.as_str()) {
+            facts.notes.push(format!(
+                "{} was read as {} as you stated, although its header says {d}: its {d} structure (and any encryption) is copied as plain data",
+                top.path.display(),
+                stated.as_str()
+            ));
+        }
+    }
     facts.format = top.format.as_str().into();
     facts.virtual_size = top.virtual_size();
     facts.file_size = top.file_size;
