@@ -2,9 +2,10 @@
 //! `pivot_ms` over repeated moves.
 //!
 //! ```text
-//! cargo run -p vmshift-qmp --example live_bench -- [SIZE_MIB ...] [--runs N] [--rate BYTES_PER_S]
+//! cargo run -p vmshift-qmp --example live_bench -- [SIZE_MIB ...] [--runs N] [--rate BYTES_PER_S] [--limit BYTES_PER_S]
 //! ```
-//! Defaults: sizes 256 1024 4096, 5 pivots on the smallest size, guest writing 4 MiB/s.
+//! Defaults: sizes 256 1024 4096, 5 pivots on the smallest size, guest writing 4 MiB/s, no
+//! bandwidth limit.
 //! Needs root only if the images' directory does; uses `$TMPDIR` (several GiB for 4096).
 
 use std::io::Write;
@@ -31,11 +32,13 @@ fn main() -> Res<()> {
     let mut sizes: Vec<u64> = Vec::new();
     let mut runs = 5usize;
     let mut rate: u64 = 4 << 20;
+    let mut limit: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().ok_or("--runs N")?.parse()?,
             "--rate" => rate = args.next().ok_or("--rate BYTES")?.parse()?,
+            "--limit" => limit = Some(args.next().ok_or("--limit BYTES")?.parse()?),
             s => sizes.push(s.parse()?),
         }
     }
@@ -71,6 +74,7 @@ fn main() -> Res<()> {
             let dest: PathBuf = if r % 2 == 0 { b.clone() } else { a.clone() };
             let mut opts = LiveOptions::new(&dest);
             opts.delete_source = true;
+            opts.bwlimit = limit;
             let plan = LiveMigration::plan(&mut qmp, &opts)?;
             let t = Instant::now();
             let before = stamp::batches_logged(&vm.serial_log(), "vda");
@@ -78,9 +82,10 @@ fn main() -> Res<()> {
             let during = stamp::batches_logged(&vm.serial_log(), "vda") - before;
             let d = &out.disks[0];
             println!(
-                "size {mib} MiB run {r}: mode {} (guest {} B/s), time_to_ready {} ms, pivot {:.3} ms, total {} ms, guest batches during move {during}",
+                "size {mib} MiB run {r}: mode {} (guest {} B/s, restarts {}), time_to_ready {} ms, pivot {:.3} ms, total {} ms, guest batches during move {during}",
                 d.copy_mode,
                 d.guest_write_rate,
+                d.restarts,
                 d.time_to_ready_ms,
                 d.pivot_ms,
                 t.elapsed().as_millis()

@@ -270,8 +270,35 @@ impl Drop for CaseVm {
     }
 }
 
+/// Starts the case's load.sh (random 64 KiB writes through the guest device via HMP qemu-io).
+fn start_load(case: &Path, secs: &str, out: &str) -> std::process::Child {
+    let f = std::fs::File::create(case.join(out)).expect("create");
+    Command::new(case.join("load.sh"))
+        .args([secs, "4"])
+        .stdout(f)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("load.sh")
+}
+
+/// Waits for a load and returns how many writes it had acknowledged.
+fn finish_load(case: &Path, mut child: std::process::Child, out: &str) -> u64 {
+    assert!(child.wait().expect("load").success());
+    let summary = std::fs::read_to_string(case.join(out)).expect("load output");
+    summary
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("writes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("load summary: {summary}"))
+}
+
 #[test]
 fn c25_auto_converges_under_write_load_and_background_aborts_cleanly() {
+    // Harness note: load.sh writes through HMP qemu-io, which runs in QEMU's main loop. If a
+    // write-blocking mirror completes while such a write is in flight, QEMU 7.2 aborts
+    // (`bdrv_co_write_req_prepare: Assertion child->perm & BLK_PERM_WRITE`; seen 1 in 4 runs,
+    // never with guest I/O: see tests/live_guest.rs). As EXPECT.txt suggests, the first load
+    // therefore ends before the mirror can be ready (16 MiB at 1 MiB/s), and the pivot follows.
     let _g = serial();
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("tmp");
@@ -279,14 +306,8 @@ fn c25_auto_converges_under_write_load_and_background_aborts_cleanly() {
     let orig = case.join("orig.raw");
     std::fs::copy(case.join("disk.raw"), &orig).expect("copy");
     run(p(&case.join("env_start.sh")), &[]);
-    let _stop = CaseVm(case.clone());
-    let load_out = std::fs::File::create(case.join("load.out")).expect("create");
-    let mut load = Command::new(case.join("load.sh"))
-        .args(["32", "4"])
-        .stdout(load_out)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("load.sh");
+    let stop = CaseVm(case.clone());
+    let load1 = start_load(&case, "9", "load1.out");
     std::thread::sleep(Duration::from_millis(1500));
     let mut qmp = Qmp::connect(&case.join("run/qmp.sock"), Duration::from_secs(10)).expect("qmp");
     // HMP qemu-io writes block QEMU's main loop under write-blocking: replies can take 10+ s.
@@ -304,10 +325,18 @@ fn c25_auto_converges_under_write_load_and_background_aborts_cleanly() {
     );
     assert_eq!(d.copy_mode, CopyMode::WriteBlocking, "{}", d.mode_reason);
     assert!(d.guest_write_rate > 2 * MIB, "{}", d.guest_write_rate);
+    assert!(
+        d.time_to_ready_ms > 9_000,
+        "ready before the load ended: {} ms",
+        d.time_to_ready_ms
+    );
     let target = d.new_path.clone();
     assert_eq!(attached(&mut qmp, "vd0").1, target.display().to_string());
+    let writes1 = finish_load(&case, load1, "load1.out");
 
     // Background only, with an operator deadline, under the same load: a clean abort.
+    let load2 = start_load(&case, "12", "load2.out");
+    std::thread::sleep(Duration::from_millis(1000));
     let dest2 = new_dir(&case, "dst2");
     let mut opts2 = LiveOptions::new(&dest2);
     opts2.bwlimit = Some(MIB);
@@ -338,31 +367,27 @@ fn c25_auto_converges_under_write_load_and_background_aborts_cleanly() {
     );
     assert_no_leftovers(&mut qmp, &[&d.node_name]);
     assert_eq!(std::fs::read_dir(&dest2).expect("ls").count(), 0);
-
-    // Every write acknowledged to the guest device is in the target: replay the load's
-    // deterministic write sequence onto the original content and compare.
-    assert!(load.wait().expect("load").success());
-    let summary = std::fs::read_to_string(case.join("load.out")).expect("load.out");
-    let writes: u64 = summary
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("writes="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("load summary: {summary}"));
-    assert!(writes > 100, "{summary}");
+    let writes2 = finish_load(&case, load2, "load2.out");
+    assert!(writes1 > 50 && writes2 > 50, "{writes1} / {writes2} writes");
     drop(qmp);
-    drop(_stop);
+    drop(stop);
+
+    // Every write acknowledged to the guest device is in the target: replay both loads'
+    // deterministic write sequences (same seed) onto the original content and compare.
     let expected = case.join("expected.raw");
     run(
         "python3",
         &[
             "-c",
             "import random,sys\n\
-             r=random.Random(1234);d=bytearray(open(sys.argv[1],'rb').read());n=int(sys.argv[3])\n\
-             for i in range(n):\n  o=r.randrange(0,len(d)//65536)*65536;d[o:o+65536]=bytes([(i%254)+1])*65536\n\
+             d=bytearray(open(sys.argv[1],'rb').read())\n\
+             for n in map(int,sys.argv[3:]):\n  r=random.Random(1234)\n  \
+             for i in range(n):\n    o=r.randrange(0,len(d)//65536)*65536;d[o:o+65536]=bytes([(i%254)+1])*65536\n\
              open(sys.argv[2],'wb').write(d)",
             p(&orig),
             p(&expected),
-            &writes.to_string(),
+            &writes1.to_string(),
+            &writes2.to_string(),
         ],
     );
     let got = std::fs::read(&target).expect("target");
@@ -371,7 +396,7 @@ fn c25_auto_converges_under_write_load_and_background_aborts_cleanly() {
     let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
     assert_eq!(
         first_diff, None,
-        "target differs from the acknowledged writes ({writes} writes)"
+        "target differs from the acknowledged writes ({writes1} + {writes2} writes)"
     );
     eprintln!("C25 wall time {:?}", t0.elapsed());
 }
