@@ -474,7 +474,7 @@ pub fn run_rollback(id: &str, json_out: bool) -> Result<ExitCode> {
     }
     if job.kind != "offline" {
         return refuse(format!(
-            "job {} is a live job: live rollback needs the live migration API (not available in this build)",
+            "job {} is a live job: live rollback is not implemented yet; move the disks back with `vmshift migrate --qmp SOCKET --to` the old datastore",
             job.id
         ));
     }

@@ -108,8 +108,8 @@ pub fn run_resume(
     let job = j.job(id).map_err(|e| anyhow!("{e}"))?;
     if job.kind != "offline" {
         return refuse(format!(
-            "job {} is a live job: live resume needs the live migration API, which this build does not have yet",
-            job.id
+            "job {} is a live job: live resume is not implemented yet; if `vmshift status {}` shows no cutover the VM still runs on its source: run the same `vmshift migrate --qmp` again",
+            job.id, job.id
         ));
     }
     if let Some(pid) = running_pid(&job.id) {
