@@ -311,3 +311,84 @@ fn disk_already_in_a_block_job_is_refused() {
     }
     vmshift_qmp::live::cancel_and_wait(&mut qmp, "theirs").expect("cancel theirs");
 }
+
+/// A QEMU started by hand for graph shapes the test VM helper does not build; killed on drop.
+struct RawQemu(std::process::Child);
+
+impl Drop for RawQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn read_only_disks_are_skipped_by_default_and_shared_disks_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ro, sh) = (dir.path().join("ro.raw"), dir.path().join("shared.raw"));
+    stamped_image(&ro, MIB, "raw");
+    stamped_image(&sh, MIB, "raw");
+    let dest = dir.path().join("dst");
+    std::fs::create_dir(&dest).expect("mkdir");
+    let sock = dir.path().join("qmp.sock");
+    let blockdev = |node: &str, path: &std::path::Path, ro: bool| {
+        [
+            serde_json::json!({"driver": "file", "node-name": format!("{node}-file"), "filename": path, "read-only": ro})
+                .to_string(),
+            serde_json::json!({"driver": "raw", "node-name": node, "file": format!("{node}-file"), "read-only": ro})
+                .to_string(),
+        ]
+    };
+    let [a0, a1] = blockdev("disk0", &ro, true);
+    let [b0, b1] = blockdev("disk1", &sh, false);
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35,accel=tcg",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-m",
+            "64",
+        ])
+        .args([
+            "-blockdev",
+            &a0,
+            "-blockdev",
+            &a1,
+            "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0",
+        ])
+        .args(["-blockdev", &b0, "-blockdev", &b1])
+        .args(["-device", "virtio-blk-pci,drive=disk1,id=vd1,share-rw=on"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu");
+    let _q = RawQemu(child);
+    let mut qmp = vmshift_qmp::Qmp::connect(&sock, Duration::from_secs(20)).expect("qmp");
+    let disks = vmshift_qmp::disk::discover(&mut qmp).expect("discover");
+    assert!(disks[0].read_only && !disks[0].shared);
+    assert!(!disks[1].read_only && disks[1].shared);
+    // Default selection: the read-only disk is not a candidate, the shared one is refused.
+    match LiveMigration::plan(&mut qmp, &opts(&dest)) {
+        Err(LiveError::Refused(r)) => {
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(r[0].device, "vd1");
+            assert!(r[0].reason.contains("share-rw=on"), "{r:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Naming the read-only disk explicitly: refused with its reason.
+    let mut o = opts(&dest);
+    o.disks = vec!["vd0".into()];
+    match LiveMigration::plan(&mut qmp, &o) {
+        Err(LiveError::Refused(r)) => assert!(r[0].reason.contains("read-only"), "{r:?}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 0);
+}
