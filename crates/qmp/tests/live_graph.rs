@@ -392,3 +392,50 @@ fn read_only_disks_are_skipped_by_default_and_shared_disks_refused() {
     }
     assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 0);
 }
+
+#[test]
+fn file_names_with_colons_spaces_quotes_and_dashes_move_without_a_shell() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let src_dir = dir.path().join("VM images");
+    let dest = dir.path().join("new store");
+    std::fs::create_dir_all(&src_dir).expect("mkdir");
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    let src = src_dir.join("-disk:1 & 'q' $(touch PWNED) dísk.qcow2");
+    stamped_image(&src, 2 * MIB, "qcow2");
+    let mut vm = Vm::paused(
+        dir.path(),
+        &[Disk {
+            path: src.clone(),
+            format: "qcow2",
+        }],
+    );
+    let mut qmp = vm.qmp();
+    let plan = LiveMigration::plan(&mut qmp, &opts(&dest)).expect("plan");
+    let out = LiveMigration::run(
+        &mut qmp,
+        &plan,
+        &mut quiet_progress(),
+        &AtomicBool::new(false),
+    )
+    .expect("run");
+    let target = dest
+        .canonicalize()
+        .expect("canon")
+        .join(src.file_name().expect("name"));
+    assert_eq!(out.disks[0].new_path, target);
+    vm.quit(&mut qmp);
+    let raw = to_raw(&target, "qcow2");
+    let rep = vmshift_qmp::stamp::verify_raw(&raw, None, 0).expect("stamps intact");
+    assert_eq!(rep.blocks, 512);
+    let pwned = std::process::Command::new("find")
+        .arg(dir.path())
+        .args(["-name", "PWNED"])
+        .output()
+        .expect("find");
+    assert!(
+        pwned.stdout.is_empty(),
+        "a shell ran: {}",
+        String::from_utf8_lossy(&pwned.stdout)
+    );
+}
