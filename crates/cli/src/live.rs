@@ -679,17 +679,21 @@ pub fn run_demo_live(json_mode: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
     if code == 0 {
         let target = b.join("web01.raw");
         let floor = stamp::last_floor(&vm.serial_log(), "vda").unwrap_or(0);
-        let rep =
-            stamp::verify_raw(&target, None, floor).context("the moved disk lost guest writes")?;
+        // The guest writes the first 2048 blocks; every block must hold a valid stamp, and
+        // those of the written region one no older than the last floor the guest logged.
+        let whole = stamp::verify_raw(&target, None, 0).context("the moved disk is damaged")?;
+        let rep = stamp::verify_raw(&target, Some(2048), floor)
+            .context("the moved disk lost guest writes")?;
         let line = format!(
-            "guest check: all {} blocks of {} hold valid stamps >= the last logged sequence {floor} (newest {})",
-            rep.blocks,
+            "guest check: all {} blocks of {} hold valid stamps; the {} the guest writes are >= its last logged sequence {floor} (newest {})",
+            whole.blocks,
             target.display(),
+            rep.blocks,
             rep.max_seq
         );
         event(
             json_mode,
-            json!({"event": "guest_check", "blocks": rep.blocks, "floor": floor, "max_seq": rep.max_seq}),
+            json!({"event": "guest_check", "blocks": rep.blocks, "disk_blocks": whole.blocks, "floor": floor, "max_seq": rep.max_seq}),
         );
         if !json_mode {
             eprintln!("{line}");

@@ -252,3 +252,37 @@ fn vmshift_cancel_job_mid_copy_cancels_the_live_job() {
     assert_eq!(rec["kind"], "live");
     assert_eq!(rec["status"], "cancelled");
 }
+
+#[test]
+fn demo_live_moves_the_writing_guest_and_checks_every_block() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = vmshift(dir.path())
+        .args(["demo", "--live", "--json"])
+        .output()
+        .expect("run vmshift demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let live = events
+        .iter()
+        .filter(|e| e["event"] == "report")
+        .map(|e| &e["report"])
+        .find(|r| r["kind"] == "live")
+        .expect("a live report");
+    assert_eq!(live["status"], "succeeded");
+    assert!(live["pivot_ms"].as_u64().is_some(), "{live}");
+    let check = events
+        .iter()
+        .find(|e| e["event"] == "guest_check")
+        .expect("guest check");
+    assert_eq!(check["blocks"], 2048);
+    assert!(check["floor"].as_u64().is_some_and(|f| f > 0), "{check}");
+}
