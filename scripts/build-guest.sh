@@ -16,8 +16,13 @@ cache=${VMSHIFT_GUEST_CACHE:-$repo/.guest-cache}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
 
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-[ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
+resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+kpkg=$(resolve)
+if [ -z "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then
+  apt-get update -qq >&2 || true          # fresh containers ship without package lists
+  kpkg=$(resolve)
+fi
+[ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 key="$kpkg $(cat "$repo/guest/init" "$repo/guest/stamper.c" "$0" | sha256sum | cut -c1-16)"
 if [ -f "$cache/KEY" ] && [ "$(cat "$cache/KEY")" = "$key" ] && [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.gz" ]; then
   echo "$cache"; exit 0
