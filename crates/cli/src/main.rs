@@ -8,8 +8,8 @@ mod jobs;
 mod live;
 mod offline;
 mod output;
-mod safety;
 mod resume;
+mod safety;
 mod state;
 
 use clap::Parser;
