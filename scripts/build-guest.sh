@@ -23,7 +23,7 @@ if [ -z "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then
   kpkg=$(resolve)
 fi
 [ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
-key="$kpkg $(cat "$repo/guest/init" "$repo/guest/stamper.c" "$0" | sha256sum | cut -c1-16)"
+key="$kpkg $(cat "$repo/guest/init" "$repo/guest/stamper.c" "$repo/scripts/build-guest.sh" | sha256sum | cut -c1-16)"
 if [ -f "$cache/KEY" ] && [ "$(cat "$cache/KEY")" = "$key" ] && [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.gz" ]; then
   echo "$cache"; exit 0
 fi
