@@ -15,6 +15,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${VMSHIFT_GUEST_CACHE:-$repo/.guest-cache}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
+# Parallel tests may build at the same time: one builds, the others wait and reuse it.
+exec 9>"$cache/.lock"
+flock 9
 
 resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
 kpkg=$(resolve)
