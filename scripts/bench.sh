@@ -102,7 +102,7 @@ run_once() {
   local tool=$1 o
   run_dir=$dir/out/run; rm -rf "$run_dir"; mkdir -p "$run_dir"
   case "$tool" in
-    vmshift|"vmshift --no-verify"|"vmshift --no-journal")
+    vmshift*)
       cmd=("$VMSHIFT" migrate "$src" --to "$run_dir/" --format "$outfmt" ${tool#vmshift})
       out_file="" ;;
     "qemu-img") qemu_img_cmd ;;
@@ -153,20 +153,27 @@ bench_case() { # case label src srcfmt outfmt tools...
   local src_alloc
   src_alloc=$(alloc "$src")
   [ "$case" = e ] && src_alloc=$(( $(alloc "$dir/in/base.qcow2") + $(alloc "$dir/in/mid.qcow2") + $(alloc "$dir/in/top.qcow2") ))
-  for tool in "$@"; do
-    local times=() rsses=() allocs=() r
-    for ((r = 1; r <= runs; r++)); do
+  # Round-robin (run 1 of every tool, then run 2, ...) so a burst of noise from other work on
+  # the machine lands on all tools alike rather than on one tool's runs.
+  local -A times=() rsses=() allocs=()
+  local r
+  for ((r = 1; r <= runs; r++)); do
+    for tool in "$@"; do
       run_once "$tool"
       check_output "$out_file" $(( check_all || r == 1 ))
-      times+=("$secs"); rsses+=("$rss_kib"); allocs+=("$(alloc "$out_file")")
+      times[$tool]+="$secs "
+      rsses[$tool]+="$rss_kib "
+      allocs[$tool]+="$(alloc "$out_file") "
     done
+  done
+  for tool in "$@"; do
     local m rss a
-    m=$(printf '%s\n' "${times[@]}" | median)
-    rss=$(printf '%s\n' "${rsses[@]}" | sort -n | tail -1)
-    a=$(printf '%s\n' "${allocs[@]}" | sort -n | tail -1)
+    m=$(printf '%s\n' ${times[$tool]} | median)
+    rss=$(printf '%s\n' ${rsses[$tool]} | sort -n | tail -1)
+    a=$(printf '%s\n' ${allocs[$tool]} | sort -n | tail -1)
     med_secs["$case/$tool"]=$m
     rows+=("$case|$label|$tool|$m|$data|$rss|$a|$src_alloc")
-    printf 'bench: %-2s %-26s %-22s %7ss (runs: %s)\n' "$case" "$label" "$tool" "$m" "${times[*]}" >&2
+    printf 'bench: %-2s %-26s %-32s %7ss (runs: %s)\n' "$case" "$label" "$tool" "$m" "${times[$tool]}" >&2
   done
 }
 
@@ -174,7 +181,8 @@ build_inputs
 in=$dir/in
 started=$(date +%s)
 vm_tools=(vmshift "vmshift --no-verify")
-"$VMSHIFT" migrate --help | grep -q -- '--no-journal' && vm_tools+=("vmshift --no-journal")
+"$VMSHIFT" migrate --help | grep -q -- '--no-journal' &&
+  vm_tools+=("vmshift --no-journal" "vmshift --no-verify --no-journal")
 q_tools=("qemu-img" "qemu-img -m16 -W" nbdcopy)
 # The disk's own limit for a copy: fio reading the source and writing a new file at once
 # (8 MiB requests, 8 in flight each, O_DIRECT), the slower side's time.
@@ -213,18 +221,20 @@ done
 echo
 echo "vmshift bench ($( [ "$quick" = 1 ] && echo quick || echo full ), $runs runs each, median): $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(df -T "$dir" | awk 'NR==2{print $2" on "$1}'), $(uname -r)"
 echo "$drop_note; every run ends with sync of the output; $( [ "$check_all" = 1 ] && echo "every output compared" || echo "every output size-checked, first run of each compared") with qemu-img compare"
-printf '| %-4s | %-22s | %-22s | %8s | %8s | %7s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" "RSS MiB" "alloc MiB"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ------------------------ ---------: ---------: --------: ----------: -----------:
+printf '| %-4s | %-22s | %-32s | %8s | %8s | %7s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" "RSS MiB" "alloc MiB"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ---------------------------------- ---------: ---------: --------: ----------: -----------:
 for row in "${rows[@]}"; do
   IFS='|' read -r c label tool s data rss a src_alloc <<<"$row"
   base=${med_secs["$c/qemu-img"]}
   awk -v c="$c" -v l="$label" -v t="$tool" -v s="$s" -v d="$data" -v r="$rss" -v a="$a" -v sa="$src_alloc" -v b="$base" 'BEGIN{
-    printf "| %-4s | %-22s | %-22s | %8.2f | %8.0f | %6.2fx | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
+    printf "| %-4s | %-22s | %-32s | %8.2f | %8.0f | %6.2fx | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
 done
 echo
 for c in a b c d1 d2 e; do
   v=${med_secs["$c/vmshift"]:-} n=${med_secs["$c/vmshift --no-verify"]:-}
-  [ -n "$v" ] && [ -n "$n" ] && awk -v c="$c" -v v="$v" -v n="$n" 'BEGIN{printf "case %s: verification adds %+.0f%% to the copy\n", c, (v/n-1)*100}'
+  [ -n "$v" ] && [ -n "$n" ] && awk -v c="$c" -v v="$v" -v n="$n" 'BEGIN{printf "case %s: verification adds %+.0f%% to the copy (vmshift vs --no-verify)\n", c, (v/n-1)*100}'
+  j=${med_secs["$c/vmshift --no-journal"]:-}
+  [ -n "$v" ] && [ -n "$j" ] && awk -v c="$c" -v v="$v" -v j="$j" 'BEGIN{printf "case %s: the journal adds %+.0f%% (vmshift vs --no-journal)\n", c, (v/j-1)*100}'
 done
 for row in "${rows[@]}"; do
   IFS='|' read -r c label tool s data rss a src_alloc <<<"$row"
