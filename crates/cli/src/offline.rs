@@ -682,9 +682,6 @@ fn execute(
     } else {
         create_target(&spec).map_err(|e| e.to_string())?
     };
-    if let Some(l) = link {
-        l.note(|j, id| j.set_partial_state(id, "writing"));
-    }
     let skip: std::collections::HashSet<u64> = resuming
         .map(|r| r.chunks.iter().map(|ch| ch.index).collect())
         .unwrap_or_default();
@@ -714,7 +711,7 @@ fn execute(
                 vmshift_copy::plan::Unit::Zero { .. } => None,
             })
             .sum();
-        l.note(|j, id| j.set_total_bytes(id, total));
+        l.note(|j, id| j.begin_copy(id, total));
     }
     let copy_started = Instant::now();
     let checkpointer = link.map(|l| Checkpointer::new(l, &target, &partial));

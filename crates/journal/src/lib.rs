@@ -4,7 +4,9 @@
 //! Contract with the copy engine (see `vmshift-cli`'s checkpointer): a chunk is recorded only
 //! after the target's data for it was `fsync`'d, so every recorded chunk is on stable storage
 //! in the partial target; a chunk written but not yet recorded is simply copied again on
-//! resume. Commits use `synchronous=FULL`, so a recorded chunk survives power loss too.
+//! resume. Commits use WAL with `synchronous=NORMAL`: a crash of the process loses no
+//! commit; a power loss may lose the latest ones (their chunks are copied again), never
+//! record a chunk whose data is not on disk.
 //!
 //! - [`store`]: the [`Journal`] and its records.
 //! - [`lock`]: per-job and per-target OS file locks (released when a process dies).
