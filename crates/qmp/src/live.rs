@@ -634,6 +634,8 @@ struct DiskRun {
     ready_at: Option<Instant>,
     restarts: u32,
     progress: Progress,
+    /// `wr_bytes` samples taken during a background copy, oldest first.
+    wr_window: std::collections::VecDeque<(Instant, u64)>,
 }
 
 struct Driver<'a> {
@@ -671,6 +673,7 @@ impl<'a> Driver<'a> {
                 ready_at: None,
                 restarts: 0,
                 progress: Progress::default(),
+                wr_window: std::collections::VecDeque::new(),
             })
             .collect();
         Driver {
@@ -812,11 +815,49 @@ impl<'a> Driver<'a> {
                 self.on_event(&ev)?;
             }
             let mut note = None;
+            // Watch the guest's write rate while background jobs copy: it may rise after the
+            // sample taken before the start.
+            let watching = self.runs.iter().any(|r| {
+                r.ready_at.is_none()
+                    && r.mode == CopyMode::Background
+                    && r.decision.fallback != Fallback::Abort
+            });
+            let stats = if watching { blockstats(qmp).ok() } else { None };
             for i in 0..self.runs.len() {
-                let r = &self.runs[i];
+                let r = &mut self.runs[i];
                 if r.ready_at.is_some() {
                     continue;
                 }
+                if let Some(st) = &stats {
+                    if let Some(&wr) = st.get(&stats_key(&r.planned.disk)) {
+                        let now = Instant::now();
+                        r.wr_window.push_back((now, wr));
+                        while r.wr_window.len() > 2
+                            && r.wr_window.get(1).is_some_and(|&(t, _)| {
+                                now.duration_since(t) >= policy::WATCH_WINDOW
+                            })
+                        {
+                            r.wr_window.pop_front();
+                        }
+                    }
+                }
+                if let (Some(&(t0, w0)), Some(&(t1, w1))) =
+                    (r.wr_window.front(), r.wr_window.back())
+                {
+                    let span = t1.saturating_duration_since(t0);
+                    let observed = policy::write_rate(w0, w1, span);
+                    if policy::fall_back_early(&r.decision, observed, span, opts.bwlimit) {
+                        let since = r.started.map(|s| s.elapsed()).unwrap_or_default();
+                        r.reason = format!(
+                            "{}; the guest's writes rose to {observed} B/s during the copy",
+                            r.reason
+                        );
+                        r.wr_window.clear();
+                        note = Some(self.fall_back(qmp, i, since)?);
+                        continue;
+                    }
+                }
+                let r = &self.runs[i];
                 let since = r.started.map(|s| s.elapsed()).unwrap_or_default();
                 if let Some(limit) = opts.ready_timeout {
                     let waited = r.first_start.map(|s| s.elapsed()).unwrap_or_default();

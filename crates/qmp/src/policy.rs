@@ -94,7 +94,7 @@ pub fn choose_copy_mode(
 ) -> ModeDecision {
     let copy_rate = effective_copy_rate(limit);
     let (num, den) = WRITE_BLOCKING_THRESHOLD;
-    let heavy = u128::from(write_rate) * u128::from(den) > u128::from(copy_rate) * u128::from(num);
+    let heavy = writes_too_fast(write_rate, limit);
     let rates = format!(
         "guest writes {write_rate} B/s, copy rate {copy_rate} B/s{}",
         if limit.is_some() {
@@ -135,6 +135,35 @@ pub fn choose_copy_mode(
             }
         }
     }
+}
+
+/// True when a guest writing `write_rate` bytes/s would keep a background mirror limited to
+/// `limit` (or [`ASSUMED_COPY_RATE`]) from converging: more than
+/// [`WRITE_BLOCKING_THRESHOLD`] of the copy rate.
+pub fn writes_too_fast(write_rate: u64, limit: Option<u64>) -> bool {
+    let (num, den) = WRITE_BLOCKING_THRESHOLD;
+    u128::from(write_rate) * u128::from(den)
+        > u128::from(effective_copy_rate(limit)) * u128::from(num)
+}
+
+/// Minimum span of write-rate samples taken during a background copy before
+/// [`fall_back_early`] may act on them (seconds).
+pub const WATCH_WINDOW: Duration = Duration::from_secs(3);
+
+/// Whether a background job chosen by `auto` should fall back now rather than wait for its
+/// bound: the guest's write rate measured over at least [`WATCH_WINDOW`] during the copy
+/// (`observed`, bytes/s over `span`) is too fast for the limit (the rate sampled before the
+/// start can be low when the guest starts writing later, or is starved during the sample).
+pub fn fall_back_early(
+    decision: &ModeDecision,
+    observed: u64,
+    span: Duration,
+    limit: Option<u64>,
+) -> bool {
+    decision.mode == CopyMode::Background
+        && decision.fallback != Fallback::Abort
+        && span >= WATCH_WINDOW
+        && writes_too_fast(observed, limit)
 }
 
 /// The copy rate used for planning: the limit, or [`ASSUMED_COPY_RATE`] without one.
@@ -270,6 +299,26 @@ mod tests {
                 Fallback::Abort
             );
         }
+    }
+
+    #[test]
+    fn auto_background_falls_back_early_when_writes_rise_during_the_copy() {
+        let d = choose_copy_mode(CopyModeRequest::Auto, 0, Some(MIB), 64 * MIB, false);
+        let w = Duration::from_secs(3);
+        assert!(fall_back_early(&d, 2 * MIB, w, Some(MIB)));
+        assert!(
+            !fall_back_early(&d, MIB / 2, w, Some(MIB)),
+            "slow writes: keep going"
+        );
+        assert!(
+            !fall_back_early(&d, 2 * MIB, Duration::from_secs(1), Some(MIB)),
+            "window too short"
+        );
+        let explicit = choose_copy_mode(CopyModeRequest::Background, 0, Some(MIB), 64 * MIB, false);
+        assert!(
+            !fall_back_early(&explicit, 2 * MIB, w, Some(MIB)),
+            "explicit modes never change"
+        );
     }
 
     #[test]

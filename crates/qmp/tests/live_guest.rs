@@ -299,7 +299,6 @@ fn auto_restarts_in_write_blocking_when_the_guest_starts_writing_after_sampling(
     let mut opts = LiveOptions::new(&dest);
     opts.bwlimit = Some(2 * MIB);
     opts.rate_sample = Duration::from_millis(300);
-    opts.bound_override = Some(Duration::from_secs(5));
     let mut qmp = vm.qmp();
     let plan = LiveMigration::plan(&mut qmp, &opts).expect("plan");
     let no_block_job_change = !plan.features.block_job_change;
@@ -316,6 +315,18 @@ fn auto_restarts_in_write_blocking_when_the_guest_starts_writing_after_sampling(
         d.copy_mode, d.time_to_ready_ms, d.mode_reason
     );
     assert_eq!(d.copy_mode, CopyMode::WriteBlocking);
+    // Caught by watching the write rate during the copy, long before the bound
+    // (10 s + 3 × 16 MiB / 2 MiB/s = 34 s) computed from the idle sample.
+    assert!(
+        d.mode_reason.contains("writes rose to"),
+        "{}",
+        d.mode_reason
+    );
+    assert!(
+        d.time_to_ready_ms < 25_000,
+        "ready after {} ms",
+        d.time_to_ready_ms
+    );
     if no_block_job_change {
         assert_eq!(d.restarts, 1);
         assert!(
