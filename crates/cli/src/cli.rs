@@ -57,9 +57,9 @@ pub enum Command {
         /// Print NDJSON events and the report on stdout.
         #[arg(long)]
         json: bool,
-        /// Also run the live part: boot the test guest, move its disk while it writes.
+        /// Skip the live part (booting the test guest and moving its disk while it writes).
         #[arg(long)]
-        live: bool,
+        offline_only: bool,
     },
     /// List the jobs in the journal (id, kind, source, destination, status, progress).
     Jobs {

@@ -48,16 +48,20 @@ fn main() {
             live::run_migrate(&live::LiveArgs::from_migrate(args), cancel)
         }
         Command::Migrate(args) => offline::run_migrate(args, cancel),
-        Command::Demo { json, live: false } => demo::run_demo(*json, cancel),
-        Command::Demo { json, live: true } => {
-            demo::run_demo(*json, cancel.clone()).and_then(|code| {
-                if code == 0 {
-                    live::run_demo_live(*json, cancel)
-                } else {
-                    Ok(code)
-                }
-            })
-        }
+        Command::Demo {
+            json,
+            offline_only: true,
+        } => demo::run_demo(*json, cancel),
+        Command::Demo {
+            json,
+            offline_only: false,
+        } => demo::run_demo(*json, cancel.clone()).and_then(|code| {
+            if code == 0 {
+                live::run_demo_live(*json, cancel)
+            } else {
+                Ok(code)
+            }
+        }),
         Command::Jobs { json } => jobs::run_jobs(*json),
         Command::Status { job, json } => jobs::run_status(job, *json),
         Command::Resume { job, report, json } => {

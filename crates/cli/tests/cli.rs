@@ -238,7 +238,11 @@ fn sigterm_mid_copy_cancels_and_leaves_no_target() {
 #[test]
 fn demo_runs_the_main_job_on_a_sample_vm_disk() {
     let ws = Ws::new();
-    let out = ws.vmshift().args(["demo", "--json"]).output().unwrap();
+    let out = ws
+        .vmshift()
+        .args(["demo", "--json", "--offline-only"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let r = last_report(&out);
     assert_eq!(r["status"], "succeeded");

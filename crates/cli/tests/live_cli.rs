@@ -257,7 +257,7 @@ fn vmshift_cancel_job_mid_copy_cancels_the_live_job() {
 fn demo_live_moves_the_writing_guest_and_checks_every_block() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = vmshift(dir.path())
-        .args(["demo", "--live", "--json"])
+        .args(["demo", "--json"])
         .output()
         .expect("run vmshift demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
