@@ -370,6 +370,14 @@ impl Phases {
 /// # Errors
 /// When QEMU cannot be reached or the report cannot be written.
 pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
+    if let Some(p) = a
+        .report
+        .as_deref()
+        .and_then(crate::safety::report_file_problem)
+    {
+        eprintln!("vmshift: refused: {}", p.one_line());
+        return Ok(2);
+    }
     let started = Instant::now();
     let job = JobId::new();
     let mut report = Report::new(&job.0, JobKind::Live, &now_rfc3339());

@@ -47,6 +47,8 @@ pub fn problems(
                 ),
                 "write the report to another file",
             ));
+        } else if let Some(p) = report_file_problem(r) {
+            out.push(p);
         } else if !parent_writable(r) {
             out.push(Problem::new(
                 "report_path",
@@ -129,6 +131,24 @@ pub fn problems(
         }
     }
     out
+}
+
+/// A `--report` path that already holds something other than a report (an image, say) is
+/// never overwritten: only empty files and earlier JSON or Markdown reports are.
+pub fn report_file_problem(r: &Path) -> Option<Problem> {
+    let mut head = [0u8; 1];
+    let n = std::fs::File::open(r).ok()?.read(&mut head).ok()?;
+    if n == 0 || head[0] == b'{' || head[0] == b'#' {
+        return None;
+    }
+    Some(Problem::new(
+        "report_path",
+        format!(
+            "--report {} already holds something that is not a report",
+            r.display()
+        ),
+        "write the report to a new file",
+    ))
 }
 
 fn join(pids: &[u32]) -> String {
