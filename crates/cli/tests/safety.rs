@@ -32,6 +32,25 @@ fn a_report_path_on_the_source_or_target_is_refused() {
     let (code, _, _) = ws.migrate(&src, &tgt, &["--report", p(&tgt)]);
     assert_eq!(code, 2);
     assert!(!tgt.exists());
+    // Any existing file that is not a report is left alone, offline and live.
+    let other = qcow2(&ws, "other.qcow2");
+    let (code, _, _) = ws.migrate(&src, &ws.mkdir("o"), &["--report", p(&other)]);
+    assert_eq!(code, 2);
+    let out = ws
+        .vmshift()
+        .args([
+            "migrate",
+            "--qmp",
+            "/nonexistent.sock",
+            "--to",
+            p(&ws.mkdir("l")),
+            "--report",
+            p(&other),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read(&other).unwrap()[..4], *b"QFI\xfb");
     let (code, _, out) = ws.migrate(
         &src,
         &ws.mkdir("e"),
