@@ -146,7 +146,7 @@ check_output() {
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 rows=()
-declare -A med_secs
+declare -A med_secs best_secs
 bench_case() { # case label src srcfmt outfmt tools...
   case=$1 label=$2 src=$3 srcfmt=$4 outfmt=$5; shift 5
   vsz=$(vsize "$src"); local data; data=$(data_bytes "$src")
@@ -172,6 +172,7 @@ bench_case() { # case label src srcfmt outfmt tools...
     rss=$(printf '%s\n' ${rsses[$tool]} | sort -n | tail -1)
     a=$(printf '%s\n' ${allocs[$tool]} | sort -n | tail -1)
     med_secs["$case/$tool"]=$m
+    best_secs["$case/$tool"]=$(printf '%s\n' ${times[$tool]} | sort -n | head -1)
     rows+=("$case|$label|$tool|$m|$data|$rss|$a|$src_alloc")
     printf 'bench: %-2s %-26s %-32s %7ss (runs: %s)\n' "$case" "$label" "$tool" "$m" "${times[$tool]}" >&2
   done
@@ -179,7 +180,7 @@ bench_case() { # case label src srcfmt outfmt tools...
 
 build_inputs
 in=$dir/in
-started=$(date +%s)
+started=$(date +%s) load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 vm_tools=(vmshift "vmshift --no-verify")
 "$VMSHIFT" migrate --help | grep -q -- '--no-journal' &&
   vm_tools+=("vmshift --no-journal" "vmshift --no-verify --no-journal")
@@ -200,6 +201,7 @@ disk_limit() {
   rm -f "$dir/out/fio.raw"
   local m; m=$(printf '%s\n' "${times[@]}" | median)
   med_secs["a/fio (disk limit)"]=$m
+  best_secs["a/fio (disk limit)"]=$(printf '%s\n' "${times[@]}" | sort -n | head -1)
   rows+=("a|dense raw->raw|fio (disk limit)|$m|$dense|0|$dense|0")
   printf 'bench: a  %-26s %-22s %7ss (runs: %s)\n' "disk limit" "fio read+write" "$m" "${times[*]}" >&2
 }
@@ -220,14 +222,15 @@ done
 # ---- table ----
 echo
 echo "vmshift bench ($( [ "$quick" = 1 ] && echo quick || echo full ), $runs runs each, median): $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(df -T "$dir" | awk 'NR==2{print $2" on "$1}'), $(uname -r)"
+echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes runs noisy: compare ratios; 'best' is the fastest run)"
 echo "$drop_note; every run ends with sync of the output; $( [ "$check_all" = 1 ] && echo "every output compared" || echo "every output size-checked, first run of each compared") with qemu-img compare"
-printf '| %-4s | %-22s | %-32s | %8s | %8s | %7s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" "RSS MiB" "alloc MiB"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ---------------------------------- ---------: ---------: --------: ----------: -----------:
+printf '| %-4s | %-22s | %-32s | %8s | %8s | %7s | %6s | %7s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" best "vs best" "RSS MiB" "alloc MiB"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ---------------------------------- ---------: ---------: --------: -------: --------: ----------: -----------:
 for row in "${rows[@]}"; do
   IFS='|' read -r c label tool s data rss a src_alloc <<<"$row"
-  base=${med_secs["$c/qemu-img"]}
-  awk -v c="$c" -v l="$label" -v t="$tool" -v s="$s" -v d="$data" -v r="$rss" -v a="$a" -v sa="$src_alloc" -v b="$base" 'BEGIN{
-    printf "| %-4s | %-22s | %-32s | %8.2f | %8.0f | %6.2fx | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
+  base=${med_secs["$c/qemu-img"]} bs=${best_secs["$c/$tool"]} bbase=${best_secs["$c/qemu-img"]}
+  awk -v c="$c" -v l="$label" -v t="$tool" -v s="$s" -v d="$data" -v r="$rss" -v a="$a" -v sa="$src_alloc" -v b="$base" -v bs="$bs" -v bb="$bbase" 'BEGIN{
+    printf "| %-4s | %-22s | %-32s | %8.2f | %8.0f | %6.2fx | %6.2f | %6.2fx | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, bs, bb/bs, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
 done
 echo
 for c in a b c d1 d2 e; do
