@@ -62,8 +62,10 @@ med() { printf '%s\n' "$@" | sort -n | sed -n 4p; }
 mw=$(med "${with[@]}"); mo=$(med "${without[@]}")
 echo "copy phase ms with the journal: ${with[*]}; without: ${without[*]}"
 echo "journal overhead: copy phase median ${mw} ms with the journal, ${mo} ms without ($(python3 -c "print(f'{($mw-$mo)*100/$mo:+.1f}')")%)"
-ref_ms=$mw
 
+# The kill runs are limited to 256 MiB/s of data so each copy lasts about a second whatever
+# the machine's load: the kill lands at a random moment of it (0-1.2 s after the copy starts).
+KILL_WINDOW_MS=1200
 RANDOM=$SEED
 pass=0; fail=0; skipped=0
 # Starts `vmshift ARGS... --json` in the background, waits for its copy phase, sleeps a
@@ -73,7 +75,8 @@ kill_during_copy() {
   "$V" "$@" --json >"$out" 2>/dev/null &
   local pid=$!
   for _ in $(seq 1 400); do grep -q '"phase":"copy"' "$out" 2>/dev/null && break; sleep 0.01; done
-  sleep "$(python3 -c "print($((RANDOM % (ref_ms * 9 / 10 + 1))) / 1000)")"
+  local d=$((RANDOM % (KILL_WINDOW_MS + 1)))
+  sleep "$((d / 1000)).$(printf %03d $((d % 1000)))"
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null && return 1
   return 0
@@ -83,7 +86,7 @@ while [ $((pass + fail)) -lt "$CYCLES" ]; do
   c=$((c + 1))
   [ "$c" -le $((3 * CYCLES)) ] || { echo "soak: too many runs finished before the kill"; break; }
   dst=$work/dst; rm -rf "$dst"; mkdir -p "$dst"
-  if ! kill_during_copy migrate "$src" --to "$dst/" || [ -e "$dst/disk.raw" ]; then
+  if ! kill_during_copy migrate "$src" --to "$dst/" --bwlimit 256M || [ -e "$dst/disk.raw" ]; then
     skipped=$((skipped + 1)); continue
   fi
   id=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1])][0]["job_id"])' "$work/run.ndjson")
