@@ -241,3 +241,84 @@ fn jobs_and_status_list_what_happened() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no job nope"), "{}", stderr(&out));
 }
+
+/// An interrupted job: the migration SIGKILLs itself after its first checkpoint's fsync
+/// (debug-build test hook), leaving a partial target and a `running` record behind.
+fn interrupted(ws: &Ws, src: &Path, dst: &Path) -> String {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
+        .args(["migrate", p(src), "--to", p(dst), "--json"])
+        .env("VMSHIFT_STATE_DIR", ws.path("state"))
+        .env("VMSHIFT_TEST_SIGKILL_AT", "checkpoint:2")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "job")
+        .unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(status(ws, &id)["status"], "interrupted");
+    id
+}
+
+#[test]
+fn resume_refuses_a_changed_source_and_cancel_closes_an_interrupted_job() {
+    let ws = Ws::new();
+    let src = ws.path("big.raw");
+    std::fs::write(&src, random_bytes(usize::try_from(160 * M).unwrap(), 8)).unwrap();
+    let dst = ws.mkdir("dst");
+    let id = interrupted(&ws, &src, &dst);
+    // The source is written after the job began: resume refuses, touching nothing.
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 4096).unwrap();
+    drop(f);
+    let out = ws.vmshift().args(["resume", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("was modified since the job began") && err.contains(p(&src)),
+        "{err}"
+    );
+    assert!(dst.join("big.raw.vmshift-partial").exists());
+    // Nobody runs it: cancel closes it and removes the partial target.
+    let out = ws.vmshift().args(["cancel", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let st = status(&ws, &id);
+    assert_eq!(st["status"], "cancelled");
+    assert_eq!(st["partial_state"], "removed");
+    assert!(listing(&dst).is_empty());
+}
+
+#[test]
+fn resume_refuses_a_partial_target_it_did_not_write() {
+    let ws = Ws::new();
+    let src = ws.path("big.raw");
+    std::fs::write(&src, random_bytes(usize::try_from(160 * M).unwrap(), 8)).unwrap();
+    let dst = ws.mkdir("dst");
+    let id = interrupted(&ws, &src, &dst);
+    let partial = dst.join("big.raw.vmshift-partial");
+    // Someone else's bytes where the journal says the job copied its first chunk.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 4096], 0).unwrap();
+    drop(f);
+    let out = ws.vmshift().args(["resume", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not the partial target this job wrote") && err.contains("0x0"),
+        "{err}"
+    );
+    assert!(
+        partial.exists(),
+        "a file we cannot prove ours is left alone"
+    );
+}
