@@ -255,7 +255,11 @@ impl<'a> Checkpointer<'a> {
 }
 
 fn progress(j: &JobRecord) -> String {
-    if j.total_bytes == 0 {
+    if j.status == "succeeded" {
+        return "100%".into();
+    }
+    // Live jobs journal no chunks (QEMU's mirror tracks its own progress).
+    if j.total_bytes == 0 || j.kind != "offline" {
         return "-".into();
     }
     let pct = j.done_bytes.min(j.total_bytes) * 100 / j.total_bytes;
