@@ -7,6 +7,7 @@
 //! * [`disk`]: disk discovery from `query-block` and `query-named-block-nodes`.
 //! * [`policy`]: the pure decisions (copy mode, convergence bound, ETA), unit tested.
 //! * [`live`]: plan and run a live migration of a running VM's disks.
+//! * [`leftovers`]: find and clear what an interrupted (killed) run left in QEMU.
 //! * [`stamp`]: the test guest's block stamp format and an image verifier.
 //! * [`testvm`]: build the test guest and run QEMU processes for tests and the demo.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod disk;
 pub mod error;
 pub mod features;
+pub mod leftovers;
 pub mod live;
 pub mod policy;
 pub mod stamp;
