@@ -132,12 +132,12 @@ fn probe_file_too_large(dir: &Path, size: u64) -> bool {
 }
 
 fn check(args: &MigrateArgs) -> Checked {
-    check_with(args, 0)
+    check_with(args, None)
 }
 
-/// The check phase; `partial_credit` bytes (a partial target a resume reuses) count as free
-/// at the destination.
-pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
+/// The check phase. When resuming, `partial_credit` is `Some(bytes)`: the partial target the
+/// resume reuses is expected, and its bytes count as free at the destination.
+pub fn check_with(args: &MigrateArgs, partial_credit: Option<u64>) -> Checked {
     let inspection = inspect(
         &args.source,
         &InspectOptions {
@@ -168,7 +168,7 @@ pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
         inspection.facts.virtual_size,
         raw_target && inspection.facts.problems.is_empty(),
     );
-    dest.free_bytes = dest.free_bytes.saturating_add(partial_credit);
+    dest.free_bytes = dest.free_bytes.saturating_add(partial_credit.unwrap_or(0));
     let mut plan = decide(
         &inspection.facts,
         &dest,
@@ -192,7 +192,11 @@ pub fn check_with(args: &MigrateArgs, partial_credit: u64) -> Checked {
         &target_path,
         &inspection.facts.lock,
     );
-    plan.problems.extend(extra);
+    plan.problems.extend(
+        extra
+            .into_iter()
+            .filter(|p| !(partial_credit.is_some() && p.code == "partial_exists")),
+    );
     if args.to.as_os_str().to_string_lossy().ends_with('/') && !args.to.is_dir() {
         plan.problems.insert(
             0,
@@ -411,7 +415,7 @@ pub fn run_job(
         if resuming.is_some() { " (resumed)" } else { "" }
     ));
     timer.start(&out, Phase::Check);
-    let c = check_with(args, resuming.as_ref().map_or(0, |r| r.partial_credit));
+    let c = check_with(args, resuming.as_ref().map(|r| r.partial_credit));
     let mut _locks = Vec::new();
     let link = match (resuming.as_ref(), journal) {
         (Some(r), _) => Some(r.link.clone()),

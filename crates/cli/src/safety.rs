@@ -72,6 +72,29 @@ pub fn problems(
         ));
     }
 
+    // A partial target under our temporary name belongs to a running or interrupted job.
+    let partial = crate::offline::partial_path(target);
+    if partial.exists() {
+        let writer = crate::state::state_dir().ok().and_then(|d| {
+            vmshift_journal::lock::holder(
+                &d.join("locks")
+                    .join(vmshift_journal::lock::target_lock_name(target)),
+            )
+        });
+        out.push(match writer {
+            Some(pid) => Problem::new(
+                "partial_exists",
+                format!("{} is being written by vmshift process {pid}", partial.display()),
+                "wait for it, or `vmshift cancel` its job",
+            ),
+            None => Problem::new(
+                "partial_exists",
+                format!("{} exists: an interrupted vmshift job left it", partial.display()),
+                "`vmshift jobs` lists it: resume or cancel that job; remove the file only if no job owns it",
+            ),
+        });
+    }
+
     // Targets vmshift does not write: devices.
     if let Ok(m) = std::fs::metadata(target) {
         let ft = m.file_type();
