@@ -456,13 +456,18 @@ pub fn run_cancel(id: &str, keep_partial: bool) -> Result<ExitCode> {
     Ok(0)
 }
 
-/// `vmshift rollback JOB`: undoes a succeeded offline job. The source must still exist and
+/// `vmshift rollback JOB`: undoes a succeeded job. Offline: the source must still exist and
 /// no VM may hold the target; the target is deleted, the job (and its report) become
-/// `rolled_back`, and the references to restore are printed.
+/// `rolled_back`, and the references to restore are printed. Live: see
+/// [`crate::live::rollback_live`].
 ///
 /// # Errors
 /// Unknown job or a journal error; refusals return exit status 2.
-pub fn run_rollback(id: &str, json_out: bool) -> Result<ExitCode> {
+pub fn run_rollback(
+    id: &str,
+    json_out: bool,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<ExitCode> {
     let j = open_journal()?;
     let job = j.job(id).map_err(|e| anyhow!("{e}"))?;
     let refuse = |msg: String| {
@@ -476,11 +481,8 @@ pub fn run_rollback(id: &str, json_out: bool) -> Result<ExitCode> {
             shown_status(&job)
         ));
     }
-    if job.kind != "offline" {
-        return refuse(format!(
-            "job {} is a live job: live rollback is not implemented yet; move the disks back with `vmshift migrate --qmp SOCKET --to` the old datastore",
-            job.id
-        ));
+    if job.kind == "live" {
+        return crate::live::rollback_live(&j, &job, json_out, cancel);
     }
     let _locks = lock_job(&job.id, Path::new(&job.destination))?;
     let source = Path::new(&job.source);
@@ -539,7 +541,7 @@ pub fn run_rollback(id: &str, json_out: bool) -> Result<ExitCode> {
 }
 
 /// Marks the stored report (JSON and Markdown beside it) `rolled_back`.
-fn update_report_status(json_path: &Path, references: &[String]) {
+pub(crate) fn update_report_status(json_path: &Path, references: &[String]) {
     let Ok(text) = std::fs::read_to_string(json_path) else {
         return;
     };

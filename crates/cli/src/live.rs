@@ -25,6 +25,7 @@ fn journal_start(
     job: &JobId,
     plan: &LivePlan,
     a: &LiveArgs,
+    extra: &serde_json::Value,
 ) -> Result<(JournalLink, Vec<vmshift_journal::FileLock>)> {
     let j = open_journal()?;
     let first = plan.disks.first().context("the plan has no disk")?;
@@ -35,10 +36,19 @@ fn journal_start(
         source: first.disk.file.clone(),
         destination: first.target.display().to_string(),
         partial: String::new(),
-        options: json!({"qmp": a.qmp, "to": a.to, "disks": a.disks, "bwlimit": a.bwlimit,
-                        "copy_mode": a.copy_mode, "shallow": a.shallow, "delete_source": a.delete_source}),
+        options: {
+            let mut o = json!({"qmp": a.qmp, "to": a.to, "disks": a.disks, "bwlimit": a.bwlimit,
+                        "copy_mode": a.copy_mode, "shallow": a.shallow, "delete_source": a.delete_source,
+                        "format": a.format.map(vmshift_qmp::TargetFormat::as_str),
+                        "ready_timeout": a.ready_timeout});
+            if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            o
+        },
         facts: json!({"disks": plan.disks.iter().map(|d| json!({"device": d.disk.device,
-            "source": d.disk.file, "target": d.target, "virtual_size": d.disk.virtual_size})).collect::<Vec<_>>()}),
+            "source": d.disk.file, "target": d.target, "virtual_size": d.disk.virtual_size,
+            "source_format": d.disk.format, "target_format": d.format.as_str()})).collect::<Vec<_>>()}),
         chunk_size: 0,
         total_bytes: plan.disks.iter().map(|d| d.disk.virtual_size).sum(),
     };
@@ -370,17 +380,63 @@ impl Phases {
 /// # Errors
 /// When QEMU cannot be reached or the report cannot be written.
 pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
+    run_migrate_with(a, cancel, RunExtras::default()).map(|(code, _)| code)
+}
+
+/// An existing journaled job that a run continues (`vmshift resume` of a live job
+/// interrupted before its pivot): same job id, its journal run and its locks.
+pub struct Continue {
+    /// The job id.
+    pub job_id: String,
+    /// The journal link (with the new run number).
+    pub link: JournalLink,
+    /// The job and target locks, already held.
+    pub locks: Vec<vmshift_journal::FileLock>,
+    /// The targets the job recorded: the new plan must name exactly these.
+    pub targets: Vec<PathBuf>,
+}
+
+/// What `resume` and `rollback` add to a live run.
+#[derive(Default)]
+pub struct RunExtras {
+    /// Continue this job instead of creating one.
+    pub cont: Option<Continue>,
+    /// Lines for the report's notes.
+    pub notes: Vec<String>,
+    /// Extra keys recorded in a new job's journaled options (e.g. `rollback_of`).
+    pub options: serde_json::Value,
+}
+
+/// [`run_migrate`] with a job to continue, report notes and extra journaled options.
+/// Returns the exit status and the job id.
+///
+/// # Errors
+/// When QEMU cannot be reached or the report cannot be written.
+pub fn run_migrate_with(
+    a: &LiveArgs,
+    cancel: Arc<AtomicBool>,
+    extras: RunExtras,
+) -> Result<(i32, String)> {
     if let Some(p) = a
         .report
         .as_deref()
         .and_then(crate::safety::report_file_problem)
     {
         eprintln!("vmshift: refused: {}", p.one_line());
-        return Ok(2);
+        return Ok((2, String::new()));
     }
     let started = Instant::now();
-    let job = JobId::new();
+    let RunExtras {
+        mut cont,
+        notes,
+        options: extra_options,
+    } = extras;
+    let job = match &cont {
+        Some(c) => JobId(c.job_id.clone()),
+        None => JobId::new(),
+    };
     let mut report = Report::new(&job.0, JobKind::Live, &now_rfc3339());
+    report.notes.extend(notes);
     let json_mode = a.json;
     event(
         json_mode,
@@ -401,8 +457,23 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
             if !json_mode {
                 print_plan(&plan, &|l| eprintln!("{l}"));
             }
-            if !a.no_journal {
-                match journal_start(&job, &plan, a) {
+            if let Some(c) = cont.take() {
+                let planned: Vec<PathBuf> = plan.disks.iter().map(|d| d.target.clone()).collect();
+                if planned != c.targets {
+                    let msg = format!(
+                        "the VM's disks now map to the targets {planned:?}, the job recorded {:?}: start a new migration",
+                        c.targets
+                    );
+                    c.link.note(|j, id| j.set_status(id, "failed", Some(&msg)));
+                    eprintln!("vmshift: resume refused: {msg}");
+                    return Ok((2, job.0));
+                }
+                _locks = c.locks;
+                c.link
+                    .note(|j, id| j.phase_started(id, c.link.run, Phase::Check.as_str()));
+                phases.link = Some(c.link);
+            } else if !a.no_journal {
+                match journal_start(&job, &plan, a, &extra_options) {
                     Ok((link, locks)) => {
                         _locks = locks;
                         link.note(|j, id| j.phase_started(id, link.run, Phase::Check.as_str()));
@@ -410,7 +481,7 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
                     }
                     Err(e) => {
                         eprintln!("vmshift: refused: {e:#}");
-                        return Ok(2);
+                        return Ok((2, job.0));
                     }
                 }
             }
@@ -500,6 +571,10 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
         }
     };
     phases.end();
+    if let Some(c) = cont.take() {
+        // Refused before the plan: still record the outcome on the continued job.
+        phases.link = Some(c.link);
+    }
     let code = match result {
         Ok((plan, out)) => {
             report.status = JobStatus::Succeeded;
@@ -616,7 +691,7 @@ pub fn run_migrate(a: &LiveArgs, cancel: Arc<AtomicBool>) -> Result<i32> {
         }
         eprintln!("report: {}", path.display());
     }
-    Ok(code)
+    Ok((code, job.0))
 }
 
 /// The live part of `vmshift demo`: boots the test guest (built and cached by
@@ -711,4 +786,511 @@ pub fn run_demo_live(json_mode: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         println!("{}", std::fs::read_to_string(&report)?);
     }
     Ok(code)
+}
+
+/// One disk of a journaled live job (its `facts`).
+#[derive(Debug, Clone)]
+struct JobDisk {
+    device: String,
+    source: String,
+    target: PathBuf,
+    source_format: Option<vmshift_qmp::TargetFormat>,
+}
+
+fn job_disks(job: &vmshift_journal::JobRecord) -> Result<Vec<JobDisk>> {
+    let disks = job.facts["disks"]
+        .as_array()
+        .filter(|d| !d.is_empty())
+        .with_context(|| format!("job {}: the journal records no disks", job.id))?;
+    disks
+        .iter()
+        .map(|d| {
+            Ok(JobDisk {
+                device: d["device"].as_str().unwrap_or_default().to_owned(),
+                source: d["source"]
+                    .as_str()
+                    .with_context(|| format!("job {}: a disk has no recorded source", job.id))?
+                    .to_owned(),
+                target: PathBuf::from(
+                    d["target"].as_str().with_context(|| {
+                        format!("job {}: a disk has no recorded target", job.id)
+                    })?,
+                ),
+                source_format: d["source_format"]
+                    .as_str()
+                    .and_then(vmshift_qmp::TargetFormat::parse),
+            })
+        })
+        .collect()
+}
+
+/// The live arguments a job was started with (its journaled `options`).
+fn job_args(job: &vmshift_journal::JobRecord) -> Result<LiveArgs> {
+    let o = &job.options;
+    let qmp = o["qmp"]
+        .as_str()
+        .with_context(|| format!("job {}: no QMP socket in the journal", job.id))?;
+    Ok(LiveArgs {
+        qmp: PathBuf::from(qmp),
+        to: PathBuf::from(o["to"].as_str().unwrap_or_default()),
+        disks: o["disks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        format: o["format"]
+            .as_str()
+            .and_then(vmshift_qmp::TargetFormat::parse),
+        shallow: o["shallow"].as_bool().unwrap_or(false),
+        bwlimit: o["bwlimit"].as_u64(),
+        copy_mode: serde_json::from_value(o["copy_mode"].clone()).unwrap_or_default(),
+        ready_timeout: o["ready_timeout"].as_u64(),
+        delete_source: o["delete_source"].as_bool().unwrap_or(false),
+        json: false,
+        report: None,
+        no_journal: false,
+    })
+}
+
+/// Where each recorded disk of a job runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Target,
+}
+
+fn where_disks_run(qmp: &mut Qmp, disks: &[JobDisk]) -> std::result::Result<Vec<Side>, String> {
+    let now = vmshift_qmp::disk::discover(qmp).map_err(|e| e.to_string())?;
+    disks
+        .iter()
+        .map(|d| {
+            let cur = now
+                .iter()
+                .find(|c| c.device == d.device)
+                .ok_or_else(|| format!("the VM has no disk {} any more", d.device))?;
+            if cur.file == d.source {
+                Ok(Side::Source)
+            } else if Path::new(&cur.file) == d.target {
+                Ok(Side::Target)
+            } else {
+                Err(format!(
+                    "{} runs on {}, neither the job's source {} nor its target {}",
+                    d.device,
+                    cur.file,
+                    d.source,
+                    d.target.display()
+                ))
+            }
+        })
+        .collect()
+}
+
+fn live_refuse(what: &str, msg: &str) -> Result<i32> {
+    eprintln!("vmshift: {what} refused: {msg}");
+    Ok(2)
+}
+
+/// `vmshift resume JOB` of a live job. Interrupted before the pivot (every disk still runs on
+/// its source): clears what the killed process left in QEMU (its mirror jobs, waited for until
+/// gone; its target nodes), deletes the partial target files and mirrors again under the same
+/// job id. Interrupted after the pivot (every disk runs on its target): detaches the old nodes
+/// still attached, deletes the sources only if the job asked for it, writes the report and
+/// marks the job succeeded.
+///
+/// # Errors
+/// Journal errors; refusals print one line and return 2.
+pub fn resume_live(
+    j: vmshift_journal::Journal,
+    job: vmshift_journal::JobRecord,
+    report_file: Option<PathBuf>,
+    json_mode: bool,
+    cancel: Arc<AtomicBool>,
+) -> Result<i32> {
+    let locks = match crate::jobs::lock_job(&job.id, Path::new(&job.destination)) {
+        Ok(l) => l,
+        Err(e) => return live_refuse("resume", &e.to_string()),
+    };
+    let mut args = job_args(&job)?;
+    args.json = json_mode;
+    args.report = report_file;
+    let disks = job_disks(&job)?;
+    let mut qmp = match connect(&args.qmp) {
+        Ok(q) => q,
+        Err(e) => {
+            return live_refuse(
+                "resume",
+                &format!(
+                    "{e:#}: the VM of job {} is not reachable (stopped?); nothing was changed",
+                    job.id
+                ),
+            )
+        }
+    };
+    let sides = match where_disks_run(&mut qmp, &disks) {
+        Ok(s) => s,
+        Err(m) => return live_refuse("resume", &format!("{m}; nothing was changed")),
+    };
+    let cleared = vmshift_qmp::leftovers::clear(&mut qmp)?;
+    if !cleared.problems.is_empty() {
+        return live_refuse(
+            "resume",
+            &format!(
+                "cannot clear what the interrupted run left in QEMU: {}",
+                cleared.problems.join("; ")
+            ),
+        );
+    }
+    let mut notes = Vec::new();
+    if !cleared.found.jobs.is_empty() || !cleared.found.nodes.is_empty() {
+        notes.push(format!(
+            "resume: cleared the interrupted run's leftovers in QEMU: jobs {:?} (cancelled and waited for, or dismissed), nodes {:?} (blockdev-del)",
+            cleared.found.jobs.iter().map(|(id, st)| format!("{id} ({st})")).collect::<Vec<_>>(),
+            cleared.found.nodes
+        ));
+    }
+    if sides.iter().all(|s| *s == Side::Source) {
+        // Before the pivot: the VM never left its sources; mirror again.
+        for d in &disks {
+            match std::fs::remove_file(&d.target) {
+                Ok(()) => notes.push(format!(
+                    "resume: removed the partial target {} of the interrupted run",
+                    d.target.display()
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return live_refuse(
+                        "resume",
+                        &format!(
+                            "cannot remove the partial target {}: {e}",
+                            d.target.display()
+                        ),
+                    )
+                }
+            }
+        }
+        for f in &cleared.found.files {
+            if !disks.iter().any(|d| &d.target == f) {
+                notes.push(format!(
+                    "resume: {} was behind a node of another vmshift run; it was detached, not deleted",
+                    f.display()
+                ));
+            }
+        }
+        notes.push(format!(
+            "resume: the job was interrupted before the pivot (the VM still ran on its sources); mirrored again (run {})",
+            job.runs + 1
+        ));
+        drop(qmp); // QEMU serves one QMP client at a time
+        let run = j.start_run(&job.id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let link = JournalLink {
+            journal: Arc::new(std::sync::Mutex::new(j)),
+            id: job.id.clone(),
+            run,
+        };
+        let cont = Continue {
+            job_id: job.id.clone(),
+            link,
+            locks,
+            targets: disks.iter().map(|d| d.target.clone()).collect(),
+        };
+        return run_migrate_with(
+            &args,
+            cancel,
+            RunExtras {
+                cont: Some(cont),
+                notes,
+                options: serde_json::Value::Null,
+            },
+        )
+        .map(|(code, _)| code);
+    }
+    if sides.contains(&Side::Source) {
+        let split: Vec<String> = disks
+            .iter()
+            .zip(&sides)
+            .map(|(d, s)| format!("{} on its {:?}", d.device, s).to_lowercase())
+            .collect();
+        return live_refuse(
+            "resume",
+            &format!(
+                "the disks are split between sources and targets ({}): a partial pivot cannot be resumed; move the remaining disks with `vmshift migrate --qmp {} --to {} --disk ID`",
+                split.join(", "),
+                args.qmp.display(),
+                args.to.display()
+            ),
+        );
+    }
+    // After the pivot: finish the remaining phases.
+    let started = Instant::now();
+    let run = j.start_run(&job.id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = j.phase_started(&job.id, run, Phase::Cleanup.as_str());
+    let mut report = Report::new(&job.id, JobKind::Live, &now_rfc3339());
+    report.notes = notes;
+    report.notes.push(
+        "resume: the job was interrupted after the pivot (the VM already ran on its targets); finished its remaining phases"
+            .into(),
+    );
+    let cleanup_started = now_rfc3339();
+    for d in &disks {
+        let detached = vmshift_qmp::leftovers::detach_file(&mut qmp, &d.source)?;
+        let mut deleted = false;
+        if !detached {
+            report.warnings.push(format!(
+                "{}: QEMU still holds the old image {}",
+                d.device, d.source
+            ));
+        } else if args.delete_source && Path::new(&d.source).exists() {
+            std::fs::remove_file(&d.source)
+                .with_context(|| format!("cannot delete the source {}", d.source))?;
+            deleted = true;
+        }
+        report.source_deleted |= deleted;
+        let format = std::fs::File::open(&d.target)
+            .and_then(|mut f| {
+                use std::io::Read;
+                let mut m = [0u8; 4];
+                f.read_exact(&mut m).map(|()| m)
+            })
+            .map(|m| if &m == b"QFI\xfb" { "qcow2" } else { "raw" })
+            .unwrap_or("raw");
+        report.disks.push(DiskReport {
+            device: d.device.clone(),
+            old_path: d.source.clone(),
+            new_path: d.target.display().to_string(),
+            format: format.into(),
+            bytes: 0,
+            copy_mode: String::new(),
+            copy_mode_reason: String::new(),
+            pivot_ms: None,
+            time_to_ready_ms: None,
+        });
+        report.references.push(format!(
+            "start the VM with {} (format {format}) instead of {} for device {}",
+            d.target.display(),
+            d.source,
+            d.device
+        ));
+    }
+    if let Some(d) = disks.first() {
+        let virtual_size = job.facts["disks"][0]["virtual_size"].as_u64().unwrap_or(0);
+        report.source = side(Path::new(&d.source), "", virtual_size);
+        report.destination = side(
+            &d.target,
+            report.disks.first().map_or("", |r| r.format.as_str()),
+            virtual_size,
+        );
+    }
+    report.status = JobStatus::Succeeded;
+    report.verification.algorithm = "qemu-mirror".into();
+    report.verification.result = "skipped".into();
+    report.phases.push(PhaseTiming {
+        name: Phase::Cleanup,
+        started_at: cleanup_started,
+        duration_ms: vmshift_core::millis(started.elapsed()),
+    });
+    report.duration_ms = vmshift_core::millis(started.elapsed());
+    let path = write_report(&report, args.report.as_deref())?;
+    let _ = j.phase_ended(&job.id, vmshift_core::millis(started.elapsed()));
+    j.set_partial_state(&job.id, "none")
+        .and_then(|()| j.set_report(&job.id, &path.display().to_string()))
+        .and_then(|()| j.set_status(&job.id, "succeeded", None))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(locks);
+    event(json_mode, json!({"event": "report", "report": report}));
+    if !json_mode {
+        for n in &report.notes {
+            eprintln!("vmshift: {n}");
+        }
+        eprintln!(
+            "vmshift: job {} succeeded; report: {}",
+            job.id,
+            path.display()
+        );
+    }
+    Ok(0)
+}
+
+/// `vmshift rollback JOB` of a succeeded live job: the VM must run on the job's targets; each
+/// disk is mirrored back live to its recorded source directory (a new job, `rollback_of` the
+/// original), the stale old source files are removed first, the copies at the job's
+/// destination are deleted after the pivot back, and the original job becomes `rolled_back`.
+///
+/// # Errors
+/// Journal errors; refusals print one line and return 2.
+pub fn rollback_live(
+    j: &vmshift_journal::Journal,
+    job: &vmshift_journal::JobRecord,
+    json_mode: bool,
+    cancel: Arc<AtomicBool>,
+) -> Result<i32> {
+    let orig = job_args(job)?;
+    let disks = job_disks(job)?;
+    let _locks = match crate::jobs::lock_job(&job.id, Path::new(&job.destination)) {
+        Ok(l) => l,
+        Err(e) => return live_refuse("rollback", &e.to_string()),
+    };
+    let mut dirs: Vec<PathBuf> = disks
+        .iter()
+        .map(|d| {
+            Path::new(&d.source)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        })
+        .collect();
+    dirs.dedup();
+    if dirs.len() != 1 {
+        return live_refuse(
+            "rollback",
+            &format!(
+                "the disks came from several directories {dirs:?}: move each back with `vmshift migrate --qmp {} --to DIR --disk ID`",
+                orig.qmp.display()
+            ),
+        );
+    }
+    let mut qmp = match connect(&orig.qmp) {
+        Ok(q) => q,
+        Err(e) => {
+            return live_refuse(
+                "rollback",
+                &format!(
+                    "{e:#}: the VM of job {} is not reachable; nothing was changed",
+                    job.id
+                ),
+            )
+        }
+    };
+    match where_disks_run(&mut qmp, &disks) {
+        Ok(s) if s.iter().all(|s| *s == Side::Target) => {}
+        Ok(_) => {
+            return live_refuse(
+                "rollback",
+                &format!(
+                    "the VM does not run on the job's targets {:?}; nothing was changed",
+                    disks
+                        .iter()
+                        .map(|d| d.target.display().to_string())
+                        .collect::<Vec<_>>()
+                ),
+            )
+        }
+        Err(m) => return live_refuse("rollback", &format!("{m}; nothing was changed")),
+    }
+    let mut notes = vec![format!("rollback of live job {}", job.id)];
+    for d in &disks {
+        if !Path::new(&d.source).exists() {
+            notes.push(format!(
+                "rollback: {} was deleted after the move (--delete-source); the whole disk was mirrored back",
+                d.source
+            ));
+            continue;
+        }
+        // The old source is stale: the guest has written to the target since the pivot.
+        if !vmshift_qmp::leftovers::detach_file(&mut qmp, &d.source)? {
+            return live_refuse(
+                "rollback",
+                &format!(
+                    "QEMU still holds the old source {}; nothing was changed",
+                    d.source
+                ),
+            );
+        }
+        if let Ok(vmshift_core::plan::LockState::Held { pids, .. }) =
+            vmshift_image::lock::probe(Path::new(&d.source))
+        {
+            return live_refuse(
+                "rollback",
+                &format!(
+                    "the old source {} is in use by processes {pids:?}; nothing was changed",
+                    d.source
+                ),
+            );
+        }
+        std::fs::remove_file(&d.source)
+            .with_context(|| format!("cannot remove the stale source {}", d.source))?;
+        notes.push(format!(
+            "rollback: removed the stale old source {} before mirroring back: it stopped receiving guest writes at the pivot, so it cannot seed the copy (no dirty bitmap spans the time since), and the mirror needs its name and space",
+            d.source
+        ));
+    }
+    drop(qmp);
+    let mut back = LiveArgs {
+        qmp: orig.qmp.clone(),
+        to: dirs.remove(0),
+        disks: disks.iter().map(|d| d.device.clone()).collect(),
+        format: None,
+        shallow: orig.shallow,
+        bwlimit: orig.bwlimit,
+        copy_mode: orig.copy_mode,
+        ready_timeout: orig.ready_timeout,
+        delete_source: true,
+        json: json_mode,
+        report: None,
+        no_journal: false,
+    };
+    // One format for all disks: the recorded source format when they agree.
+    let formats: Vec<_> = disks.iter().map(|d| d.source_format).collect();
+    if formats.windows(2).all(|w| w[0] == w[1]) {
+        back.format = formats.first().copied().flatten();
+    }
+    notes.push(format!(
+        "rollback: the copies at {} are deleted after the pivot back (the VM runs on the old paths again)",
+        orig.to.display()
+    ));
+    let (code, new_id) = run_migrate_with(
+        &back,
+        cancel,
+        RunExtras {
+            cont: None,
+            notes,
+            options: json!({"rollback_of": job.id}),
+        },
+    )?;
+    if code != 0 {
+        eprintln!(
+            "vmshift: rollback of job {} did not complete (job {new_id}); job {} stays succeeded",
+            job.id, job.id
+        );
+        return Ok(code);
+    }
+    let references: Vec<String> = disks
+        .iter()
+        .map(|d| {
+            format!(
+                "start the VM with {} instead of {} for device {} (rolled back by job {new_id})",
+                d.source,
+                d.target.display(),
+                d.device
+            )
+        })
+        .collect();
+    j.set_status(&job.id, "rolled_back", None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = j
+        .phase_started(&job.id, job.runs, "rollback")
+        .and_then(|()| j.phase_ended(&job.id, 0));
+    if let Some(r) = &job.report {
+        crate::jobs::update_report_status(Path::new(r), &references);
+    }
+    if json_mode {
+        println!(
+            "{}",
+            json!({"job_id": job.id, "status": "rolled_back", "rollback_job": new_id,
+                   "references": references})
+        );
+    } else {
+        eprintln!(
+            "vmshift: job {} rolled back by job {new_id}: the VM runs on {} again",
+            job.id,
+            disks
+                .iter()
+                .map(|d| d.source.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(0)
 }

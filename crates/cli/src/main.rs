@@ -68,7 +68,7 @@ fn main() {
             resume::run_resume(job, report.clone(), *json, cancel)
         }
         Command::Cancel { job, keep_partial } => jobs::run_cancel(job, *keep_partial),
-        Command::Rollback { job, json } => jobs::run_rollback(job, *json),
+        Command::Rollback { job, json } => jobs::run_rollback(job, *json, cancel),
     };
     match result {
         Ok(code) => std::process::exit(code),

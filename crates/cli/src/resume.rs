@@ -106,12 +106,6 @@ pub fn run_resume(
 ) -> Result<ExitCode> {
     let j = open_journal()?;
     let job = j.job(id).map_err(|e| anyhow!("{e}"))?;
-    if job.kind != "offline" {
-        return refuse(format!(
-            "job {} is a live job: live resume is not implemented yet; if `vmshift status {}` shows no cutover the VM still runs on its source: run the same `vmshift migrate --qmp` again",
-            job.id, job.id
-        ));
-    }
     if let Some(pid) = running_pid(&job.id) {
         return refuse(format!(
             "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
@@ -124,6 +118,12 @@ pub fn run_resume(
             job.id,
             shown_status(&job)
         ));
+    }
+    if job.kind == "live" {
+        return crate::live::resume_live(j, job, report, json, cancel);
+    }
+    if job.kind != "offline" {
+        return refuse(format!("job {} has an unknown kind {:?}", job.id, job.kind));
     }
     let locks = match lock_job(&job.id, Path::new(&job.destination)) {
         Ok(l) => l,
