@@ -117,7 +117,8 @@ impl JournalLink {
 /// the process sends itself SIGKILL right here (a real kill, no cleanup). Release builds
 /// ignore the variable. Points: `checkpoint:N` (after the Nth checkpoint's fsync, before its
 /// journal commit), `cutover` (after the last commit and verification, before the rename)
-/// and `renamed` (after the rename, before the journal records success).
+/// and `renamed` (after the rename, before the journal records success); live jobs:
+/// `live:pivoted` (every disk pivoted, old nodes still attached, nothing recorded yet).
 pub fn test_kill_point(point: &str) {
     if cfg!(debug_assertions) && std::env::var("VMSHIFT_TEST_SIGKILL_AT").is_ok_and(|v| v == point)
     {

@@ -497,6 +497,9 @@ pub fn run_migrate_with(
             let mut last = Instant::now() - Duration::from_secs(5);
             let mut phase_now = Phase::Check;
             let mut cb = |p: &LiveProgress| {
+                if p.phase == "pivoted" {
+                    crate::jobs::test_kill_point("live:pivoted");
+                }
                 let ph = match p.phase {
                     "sampling" | "copying" => Phase::Copy,
                     "pivoting" | "done" => Phase::Cutover,

@@ -293,3 +293,109 @@ fn rollback_moves_a_live_job_back_to_its_old_paths() {
     assert_eq!(again.status.code(), Some(2));
     eprintln!("rollback test took {:?}", t0.elapsed());
 }
+
+#[test]
+fn resume_after_kill_9_past_the_pivot_finishes_the_remaining_phases() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b, state) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let src = a.join("app.raw");
+    let dst = b.join("app.raw");
+    image(&src, 8, 5, "0x42");
+    let pristine = dir.path().join("pristine.raw");
+    std::fs::copy(&src, &pristine).expect("copy");
+    let mut vm = TestVm::paused(
+        dir.path(),
+        &[Disk {
+            path: src.clone(),
+            format: "raw",
+        }],
+    )
+    .expect("qemu");
+    // A real SIGKILL right after every disk pivoted, before the old nodes are detached and
+    // before anything is recorded (debug builds honour VMSHIFT_TEST_SIGKILL_AT).
+    let out = vmshift(&state)
+        .env("VMSHIFT_TEST_SIGKILL_AT", "live:pivoted")
+        .args(["migrate", "--json", "--delete-source", "--qmp"])
+        .arg(&vm.qmp_path)
+        .arg("--to")
+        .arg(&b)
+        .output()
+        .expect("migrate");
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    let job = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "job")
+        .and_then(|v| v["job_id"].as_str().map(str::to_owned))
+        .expect("job id");
+    assert_eq!(status(&state, &job)["status"], "interrupted");
+    assert_eq!(attached(&vm), p(&dst), "the VM already runs on the target");
+    {
+        let mut q = vm.qmp().expect("qmp");
+        let nodes = q
+            .call("query-named-block-nodes", json!({"flat": true}))
+            .expect("nodes");
+        assert!(
+            nodes
+                .as_array()
+                .expect("array")
+                .iter()
+                .any(|n| n["file"] == p(&src)),
+            "the old nodes are still attached"
+        );
+    }
+    assert!(src.exists());
+
+    let out = vmshift(&state)
+        .args(["resume", "--json", &job])
+        .output()
+        .expect("resume");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = report_of(&out.stdout);
+    assert_eq!(report["job_id"], job.as_str());
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["source_deleted"], true);
+    assert_eq!(report["disks"][0]["old_path"], p(&src));
+    assert_eq!(report["disks"][0]["new_path"], p(&dst));
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("interrupted after the pivot"),
+        "{report}"
+    );
+    assert_eq!(status(&state, &job)["status"], "succeeded");
+    assert!(
+        !src.exists(),
+        "--delete-source was recorded: the source is deleted"
+    );
+    {
+        let mut q = vm.qmp().expect("qmp");
+        assert_eq!(q.execute("query-jobs", None).expect("jobs"), json!([]));
+        let nodes = q
+            .call("query-named-block-nodes", json!({"flat": true}))
+            .expect("nodes");
+        assert!(
+            !nodes
+                .as_array()
+                .expect("array")
+                .iter()
+                .any(|n| n["file"] == p(&src)),
+            "{nodes}"
+        );
+        vm.quit(&mut q).expect("quit");
+    }
+    compare(&pristine, &dst);
+    eprintln!("post-pivot resume test took {:?}", t0.elapsed());
+}

@@ -275,7 +275,8 @@ pub struct DiskProgress {
 /// A progress report passed to the callback of [`LiveMigration::run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveProgress {
-    /// What the driver is doing: `sampling`, `copying`, `pivoting`, `cleanup`.
+    /// What the driver is doing: `sampling`, `copying`, `pivoting`, `pivoted` (every disk
+    /// runs on its target; old nodes not yet detached), `done`, `cleanup`.
     pub phase: &'static str,
     /// Time since `run` started.
     pub elapsed: Duration,
@@ -1302,6 +1303,9 @@ impl<'a> Driver<'a> {
                 pivoted,
             });
         }
+        // Every disk runs on its target now (a process killed from here on leaves a job
+        // that `vmshift resume` finishes instead of mirroring again).
+        self.report("pivoted", None, cb);
         // After the pivot: detach the old graph, so QEMU closes (and unlocks) the sources.
         let mut disks = Vec::new();
         let nodes = qmp
