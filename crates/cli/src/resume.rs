@@ -1,4 +1,5 @@
-//! `vmshift resume JOB`: continues an interrupted or failed offline job from its last
+//! `vmshift resume JOB`: continues an interrupted or failed job (live jobs: see
+//! `crate::live::resume_live`). An offline job continues from its last
 //! checkpoint. Before reusing anything it proves that the source is the one the job began
 //! with (every layer's size and mtime, QEMU lock state through the check phase, and a digest
 //! sample of journaled chunks) and that the partial target is the one the job wrote (the

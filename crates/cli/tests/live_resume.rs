@@ -218,7 +218,10 @@ fn rollback_moves_a_live_job_back_to_its_old_paths() {
     );
     let first = report_of(&out.stdout);
     let job = first["job_id"].as_str().expect("job id").to_owned();
-    let moved = b.join("db.raw");
+    // (The target's name follows the source's unless a format change renames its extension.)
+    let moved = PathBuf::from(first["disks"][0]["new_path"].as_str().expect("new path"));
+    assert_eq!(moved.parent(), Some(b.as_path()));
+    assert_eq!(first["disks"][0]["format"], "qcow2");
     assert_eq!(attached(&vm), p(&moved));
     assert!(src.exists(), "the source is kept by default");
     // The guest (here: QMP's qemu-io) writes after the pivot: the old source is now stale.
