@@ -420,7 +420,7 @@ pub fn run_migrate_with(
     if let Some(p) = a
         .report
         .as_deref()
-        .and_then(crate::safety::report_file_problem)
+        .and_then(crate::safety::report_target_problem)
     {
         eprintln!("vmshift: refused: {}", p.one_line());
         return Ok((2, String::new()));
@@ -450,7 +450,8 @@ pub fn run_migrate_with(
     let mut _locks = Vec::new();
     phases.enter(Phase::Check, json_mode);
     let mut qmp = connect(&a.qmp)?;
-    let plan = LiveMigration::plan(&mut qmp, &a.options());
+    let plan = LiveMigration::plan(&mut qmp, &a.options())
+        .and_then(|p| crate::safety::check_live_plan(p, a.delete_source));
     let result: Result<(LivePlan, LiveOutcome), (Phase, LiveError)> = match plan {
         Err(e) => Err((Phase::Check, e)),
         Ok(plan) => {
@@ -643,7 +644,11 @@ pub fn run_migrate_with(
             };
             report.error = Some(JobError {
                 phase,
-                message: if report.status == JobStatus::Refused || phase == Phase::Cutover {
+                message: if report.status == JobStatus::Refused
+                    || phase == Phase::Cutover
+                    || matches!(e, LiveError::CleanupIncomplete { .. } | LiveError::Qmp(_))
+                {
+                    // Only claim the VM is safe on its sources when the undo was confirmed.
                     e.to_string()
                 } else {
                     format!("{e}; the VM still runs on its source disks, the targets were removed")

@@ -174,6 +174,22 @@ pub fn report_file_problem(r: &Path) -> Option<Problem> {
     ))
 }
 
+/// [`report_file_problem`], plus a report whose directory is missing or not writable.
+pub fn report_target_problem(r: &Path) -> Option<Problem> {
+    report_file_problem(r).or_else(|| {
+        (!parent_writable(r)).then(|| {
+            Problem::new(
+                "report_path",
+                format!(
+                    "--report {}: its directory does not exist or is not writable",
+                    r.display()
+                ),
+                "name a file in a writable directory",
+            )
+        })
+    })
+}
+
 fn join(pids: &[u32]) -> String {
     pids.iter()
         .map(u32::to_string)
@@ -310,5 +326,70 @@ impl SourceStamp {
             .find(|(a, b)| a != b)
             .map(|(a, _)| a.0.clone())
             .or_else(|| (self.0.len() != now.0.len()).then(|| chain.top().path.clone()))
+    }
+}
+
+/// Live plans get the same protection as offline ones: `--delete-source` is refused for a
+/// disk whose image other images use as their backing file, or whose internal snapshots or
+/// persistent bitmaps a mirror does not copy; without `--delete-source` those are warned about.
+///
+/// # Errors
+/// `LiveError::Refused` listing every such disk.
+pub fn check_live_plan(
+    plan: vmshift_qmp::LivePlan,
+    delete_source: bool,
+) -> Result<vmshift_qmp::LivePlan, vmshift_qmp::LiveError> {
+    let mut refusals = Vec::new();
+    for d in &plan.disks {
+        let file = Path::new(&d.disk.file);
+        let metadata = qcow2_metadata_not_copied(file);
+        if delete_source {
+            let users = dependants(file);
+            if !users.is_empty() {
+                refusals.push(vmshift_qmp::live::Refusal {
+                    device: d.disk.device.clone(),
+                    reason: format!(
+                        "--delete-source would delete {}, the backing file of {}",
+                        file.display(),
+                        names(&users)
+                    ),
+                });
+            }
+            if let Some(what) = &metadata {
+                refusals.push(vmshift_qmp::live::Refusal {
+                    device: d.disk.device.clone(),
+                    reason: format!(
+                        "--delete-source would lose the {what} of {}, which a mirror does not copy",
+                        file.display()
+                    ),
+                });
+            }
+        } else if let Some(what) = &metadata {
+            eprintln!(
+                "vmshift: warning: {} has {what}; the mirror does not copy them and the source keeps them",
+                file.display()
+            );
+        }
+    }
+    if refusals.is_empty() {
+        Ok(plan)
+    } else {
+        Err(vmshift_qmp::LiveError::Refused(refusals))
+    }
+}
+
+/// "internal snapshots", "persistent bitmaps" or both, for a qcow2 file that has them.
+fn qcow2_metadata_not_copied(file: &Path) -> Option<String> {
+    let mut head = vec![0u8; 65536];
+    let n = std::fs::File::open(file).ok()?.read(&mut head).ok()?;
+    let h = Qcow2Header::parse(&head[..n]).ok()?;
+    match (
+        h.nb_snapshots > 0,
+        h.autoclear_features & AUTOCLEAR_BITMAPS != 0,
+    ) {
+        (true, true) => Some("internal snapshots and persistent bitmaps".into()),
+        (true, false) => Some("internal snapshots".into()),
+        (false, true) => Some("persistent bitmaps".into()),
+        (false, false) => None,
     }
 }

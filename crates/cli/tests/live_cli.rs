@@ -96,7 +96,7 @@ fn migrate_qmp_json_moves_a_writing_guest_and_reports_pivot_ms() {
     let d = &report["disks"][0];
     let target = dir
         .path()
-        .join("b/web01.raw")
+        .join("b/web01.qcow2") // the extension follows the target format
         .canonicalize()
         .expect("target");
     assert_eq!(d["device"], "vd0");

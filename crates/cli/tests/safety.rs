@@ -246,3 +246,120 @@ fn a_target_file_name_sets_the_format_unless_told_otherwise() {
     assert_eq!(r["destination"]["format"], "raw");
     assert_eq!(std::fs::metadata(ws.path("vm.raw")).unwrap().len(), 16 * M);
 }
+
+/// A paused q35 VM with `img` as virtio disk `vd0` and QMP at `dir/qmp.sock`.
+struct PausedVm(std::process::Child, std::path::PathBuf);
+
+impl PausedVm {
+    fn start(dir: &std::path::Path, img: &std::path::Path) -> PausedVm {
+        let sock = dir.join("qmp.sock");
+        let file = serde_json::json!({"driver": "file", "node-name": "f0", "filename": p(img)});
+        let fmt = serde_json::json!({"driver": "qcow2", "node-name": "d0", "file": "f0"});
+        let child = std::process::Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "q35,accel=tcg",
+                "-m",
+                "64",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-S",
+            ])
+            .arg("-blockdev")
+            .arg(file.to_string())
+            .arg("-blockdev")
+            .arg(fmt.to_string())
+            .args(["-device", "virtio-blk-pci,drive=d0,id=vd0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", p(&sock)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        PausedVm(child, sock)
+    }
+}
+
+impl Drop for PausedVm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn live_delete_source_is_refused_for_a_backing_file_or_an_image_with_snapshots() {
+    let ws = Ws::new();
+    let dir = ws.mkdir("store");
+    let base = dir.join("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
+    run_in(
+        &dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "child.qcow2",
+        ],
+    );
+    let vm = PausedVm::start(&dir, &base);
+    let out = ws
+        .vmshift()
+        .args([
+            "migrate",
+            "--qmp",
+            p(&vm.1),
+            "--to",
+            p(&ws.mkdir("dst")),
+            "--delete-source",
+        ])
+        .output()
+        .unwrap();
+    drop(vm);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the backing file of"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(base.exists());
+    assert!(listing(&ws.path("dst")).is_empty());
+
+    let snap = ws.mkdir("s").join("vm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&snap), "16M"]);
+    qemu_img(&["snapshot", "-c", "before-upgrade", p(&snap)]);
+    let vm = PausedVm::start(&ws.path("s"), &snap);
+    let out = ws
+        .vmshift()
+        .args([
+            "migrate",
+            "--qmp",
+            p(&vm.1),
+            "--to",
+            p(&ws.mkdir("dst2")),
+            "--delete-source",
+        ])
+        .output()
+        .unwrap();
+    drop(vm);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("internal snapshots"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(snap.exists());
+}

@@ -476,11 +476,7 @@ impl LiveMigration {
                     std::fs::canonicalize(&e.path).unwrap_or_else(|_| e.path.clone())
                 }
                 (None, Some(dest)) => {
-                    let name = Path::new(&d.file)
-                        .file_name()
-                        .map(|n| n.to_owned())
-                        .unwrap_or_default();
-                    let t = dest.join(name);
+                    let t = dest.join(target_file_name(Path::new(&d.file), format));
                     if t == Path::new(&d.file) {
                         why.push(format!("target {} is the source itself", t.display()));
                     } else if t.symlink_metadata().is_ok() {
@@ -552,6 +548,30 @@ impl LiveMigration {
         }
         d.pivot(qmp, progress)
     }
+}
+
+/// The target's file name: the source's, with a `.qcow2`/`.raw` extension following the
+/// target format so that the name never contradicts the content.
+fn target_file_name(source: &Path, format: TargetFormat) -> std::ffi::OsString {
+    let name = PathBuf::from(source.file_name().unwrap_or_default());
+    let renamed = match (name.extension().and_then(|e| e.to_str()), format) {
+        (Some("qcow2" | "qcow"), TargetFormat::Raw) => name.with_extension("raw"),
+        (Some("raw"), TargetFormat::Qcow2) => name.with_extension("qcow2"),
+        _ => name,
+    };
+    renamed.into_os_string()
+}
+
+/// The cluster size recorded in a qcow2 header (bytes 20..24 hold log2 of it).
+fn qcow2_cluster_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 24];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if &head[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let bits = u32::from_be_bytes(head[20..24].try_into().ok()?);
+    (9..=21).contains(&bits).then(|| 1u64 << bits)
 }
 
 fn check_existing(
@@ -896,6 +916,12 @@ impl<'a> Driver<'a> {
             }
             let mut cmd = Command::new(&opts.qemu_img);
             cmd.arg("create").arg("-q").arg("-f").arg(p.format.as_str());
+            // Keep the source's cluster size for qcow2 → qcow2.
+            if p.format == TargetFormat::Qcow2 {
+                if let Some(c) = qcow2_cluster_size(Path::new(&p.disk.file)) {
+                    cmd.arg("-o").arg(format!("cluster_size={c}"));
+                }
+            }
             if p.sync == SyncMode::Top {
                 let b = &p.disk.backing_chain[0];
                 cmd.arg("-u")
@@ -1483,5 +1509,30 @@ pub fn cancel_and_wait(qmp: &mut Qmp, id: &str) -> Result<(), QmpError> {
         }
         qmp.pump(Duration::from_millis(100))?;
         qmp.take_events();
+    }
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    #[test]
+    fn target_names_follow_the_target_format() {
+        assert_eq!(
+            target_file_name(Path::new("/a/top disk:1.qcow2"), TargetFormat::Raw),
+            "top disk:1.raw"
+        );
+        assert_eq!(
+            target_file_name(Path::new("/a/data b.raw"), TargetFormat::Qcow2),
+            "data b.qcow2"
+        );
+        assert_eq!(
+            target_file_name(Path::new("/a/disk.img"), TargetFormat::Qcow2),
+            "disk.img"
+        );
+        assert_eq!(
+            target_file_name(Path::new("/a/vm.qcow2"), TargetFormat::Qcow2),
+            "vm.qcow2"
+        );
     }
 }

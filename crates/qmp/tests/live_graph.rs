@@ -128,9 +128,14 @@ fn delete_source_removes_the_closed_source_after_the_pivot() {
     assert!(d.old_nodes_detached && d.source_deleted);
     assert!(!src.exists(), "source still there");
     assert_eq!(
-        d.new_path.file_name(),
-        src.file_name(),
+        d.new_path.file_stem(),
+        src.file_stem(),
         "the target keeps the source's file name"
+    );
+    assert_eq!(
+        d.new_path.extension().and_then(|e| e.to_str()),
+        Some("qcow2"),
+        "the extension follows the target format"
     );
     vm.quit(&mut qmp);
     let raw = to_raw(&d.new_path, "qcow2");
