@@ -131,7 +131,8 @@ pub struct MigrateArgs {
     #[arg(long, value_enum)]
     pub backing_format: Option<FormatArg>,
     /// Copy only the top layer and keep referring to the backing chain (default: flatten).
-    #[arg(long)]
+    /// Live: mirror with sync=top (`--shallow` is the same flag).
+    #[arg(long, visible_alias = "shallow")]
     pub keep_backing: bool,
     /// Bandwidth limit, e.g. 50M (binary units: MiB/s).
     #[arg(long, value_parser = parse_size_arg)]

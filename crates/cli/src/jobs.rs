@@ -439,6 +439,9 @@ pub fn run_cancel(id: &str, keep_partial: bool) -> Result<ExitCode> {
         );
         return Ok(if after.status == "cancelled" { 0 } else { 1 });
     }
+    if job.kind == "live" {
+        return crate::live::cancel_live(&j, &job, keep_partial);
+    }
     // Nobody runs it: close it here, holding its lock so no resume starts meanwhile.
     let _locks = lock_job(&job.id, Path::new(&job.destination))?;
     let state = if keep_partial || job.partial.is_empty() {

@@ -361,6 +361,10 @@ impl Phases {
         if !json_mode {
             eprintln!("vmshift: {p}");
         }
+        // The journal shows how far a live job got (status, and resume after a crash).
+        if let Some(l) = &self.link {
+            l.note(|j, id| j.phase_started(id, l.run, p.as_str()));
+        }
         self.cur = Some((p, now_rfc3339(), Instant::now()));
     }
     fn end(&mut self) {
@@ -899,6 +903,90 @@ fn where_disks_run(qmp: &mut Qmp, disks: &[JobDisk]) -> std::result::Result<Vec<
 fn live_refuse(what: &str, msg: &str) -> Result<i32> {
     eprintln!("vmshift: {what} refused: {msg}");
     Ok(2)
+}
+
+/// `vmshift cancel JOB` of a live job whose process is gone (killed, host crash). Before the
+/// pivot (every disk still on its source): cancels the mirror jobs the dead process left in
+/// QEMU and waits until they are gone, deletes our nodes and, unless `keep_partial`, the
+/// partial target files; the job becomes `cancelled`. After the pivot the VM runs on the
+/// targets, so nothing is undone: resume or rollback is the way on. An unreachable VM is
+/// refused too: without QEMU there is no telling whether a target is already the live disk.
+///
+/// # Errors
+/// Journal errors; refusals print one line and return 2.
+pub fn cancel_live(
+    j: &vmshift_journal::Journal,
+    job: &vmshift_journal::JobRecord,
+    keep_partial: bool,
+) -> Result<i32> {
+    let _locks = match crate::jobs::lock_job(&job.id, Path::new(&job.destination)) {
+        Ok(l) => l,
+        Err(e) => return live_refuse("cancel", &e.to_string()),
+    };
+    let args = job_args(job)?;
+    let disks = job_disks(job)?;
+    let mut qmp = match connect(&args.qmp) {
+        Ok(q) => q,
+        Err(e) => {
+            return live_refuse(
+                "cancel",
+                &format!(
+                    "{e:#}: the VM of job {} is not reachable, so vmshift cannot tell whether a target is already its disk; nothing was changed",
+                    job.id
+                ),
+            )
+        }
+    };
+    let sides = match where_disks_run(&mut qmp, &disks) {
+        Ok(s) => s,
+        Err(m) => return live_refuse("cancel", &format!("{m}; nothing was changed")),
+    };
+    if !sides.iter().all(|s| *s == Side::Source) {
+        return live_refuse(
+            "cancel",
+            &format!(
+                "the VM already runs on the targets of job {} (the pivot happened): `vmshift resume {}` finishes the job, `vmshift rollback {}` moves the disks back",
+                job.id, job.id, job.id
+            ),
+        );
+    }
+    let cleared = vmshift_qmp::leftovers::clear(&mut qmp)?;
+    if !cleared.problems.is_empty() {
+        return live_refuse(
+            "cancel",
+            &format!(
+                "cannot clear what the interrupted run left in QEMU: {}",
+                cleared.problems.join("; ")
+            ),
+        );
+    }
+    let mut state = "none".to_string();
+    if !keep_partial {
+        for d in &disks {
+            match std::fs::remove_file(&d.target) {
+                Ok(()) => state = "removed".into(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "cannot remove the partial target {}: {e}",
+                        d.target.display()
+                    ))
+                }
+            }
+        }
+    } else {
+        state = "kept".into();
+    }
+    j.set_partial_state(&job.id, &state)
+        .and_then(|()| j.set_status(&job.id, "cancelled", Some("cancelled by vmshift cancel")))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "vmshift: job {} cancelled: {} mirror job(s) and {} node(s) cleared in QEMU, the VM runs on its sources; partial targets {state}",
+        job.id,
+        cleared.found.jobs.len(),
+        cleared.found.nodes.len()
+    );
+    Ok(0)
 }
 
 /// `vmshift resume JOB` of a live job. Interrupted before the pivot (every disk still runs on

@@ -18,6 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn main() {
+    // Die quietly on a closed pipe (`vmshift status JOB | head`) like other tools, instead
+    // of panicking in println!.
+    // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMSHIFT_LOG"))
         .with_writer(std::io::stderr)

@@ -402,3 +402,63 @@ fn resume_after_kill_9_past_the_pivot_finishes_the_remaining_phases() {
     compare(&pristine, &dst);
     eprintln!("post-pivot resume test took {:?}", t0.elapsed());
 }
+
+#[test]
+fn cancel_after_kill_9_mid_copy_clears_qemu_and_the_partial_target() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b, state) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let src = a.join("web.raw");
+    let dst = b.join("web.raw");
+    image(&src, 8, 6, "0x5a");
+    let mut vm = TestVm::paused(
+        dir.path(),
+        &[Disk {
+            path: src.clone(),
+            format: "raw",
+        }],
+    )
+    .expect("qemu");
+    let mut child = vmshift(&state)
+        .args(["migrate", "--json", "--bwlimit", "1M", "--qmp"])
+        .arg(&vm.qmp_path)
+        .arg("--to")
+        .arg(&b)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vmshift");
+    let mut job = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let v: Value = serde_json::from_str(&line.expect("line")).expect("ndjson");
+        if v["event"] == "job" {
+            job = v["job_id"].as_str().expect("job id").to_owned();
+        }
+        if v["event"] == "progress" {
+            break;
+        }
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert!(dst.exists(), "the partial target exists after the kill");
+
+    let out = vmshift(&state)
+        .args(["cancel", &job])
+        .output()
+        .expect("cancel");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("1 mirror job(s)"), "{err}");
+    assert!(!dst.exists(), "the partial target was not removed");
+    assert_eq!(status(&state, &job)["status"], "cancelled");
+    let mut q = vm.qmp().expect("qmp");
+    let jobs = q.execute("query-jobs", None).expect("jobs");
+    assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
+    drop(q);
+    assert_eq!(attached(&vm), p(&src), "the VM left its source");
+}
