@@ -416,7 +416,7 @@ fn cancel_after_kill_9_mid_copy_clears_qemu_and_the_partial_target() {
     let src = a.join("web.raw");
     let dst = b.join("web.raw");
     image(&src, 8, 6, "0x5a");
-    let mut vm = TestVm::paused(
+    let vm = TestVm::paused(
         dir.path(),
         &[Disk {
             path: src.clone(),
