@@ -905,6 +905,53 @@ fn live_refuse(what: &str, msg: &str) -> Result<i32> {
     Ok(2)
 }
 
+/// What `resume` and `cancel` need to act on an interrupted live job: its locks, options,
+/// disks, a QMP connection to its VM and where each disk runs now. `Err(code)` after printing
+/// a one-line refusal (`what` names the command).
+struct JobVm {
+    locks: Vec<vmshift_journal::FileLock>,
+    args: LiveArgs,
+    disks: Vec<JobDisk>,
+    qmp: Qmp,
+    sides: Vec<Side>,
+}
+
+fn job_vm(
+    job: &vmshift_journal::JobRecord,
+    what: &str,
+    unreachable: &str,
+) -> Result<std::result::Result<JobVm, i32>> {
+    let locks = match crate::jobs::lock_job(&job.id, Path::new(&job.destination)) {
+        Ok(l) => l,
+        Err(e) => return live_refuse(what, &e.to_string()).map(Err),
+    };
+    let args = job_args(job)?;
+    let disks = job_disks(job)?;
+    let mut qmp =
+        match connect(&args.qmp) {
+            Ok(q) => q,
+            Err(e) => return live_refuse(
+                what,
+                &format!(
+                    "{e:#}: the VM of job {} is not reachable{unreachable}; nothing was changed",
+                    job.id
+                ),
+            )
+            .map(Err),
+        };
+    let sides = match where_disks_run(&mut qmp, &disks) {
+        Ok(s) => s,
+        Err(m) => return live_refuse(what, &format!("{m}; nothing was changed")).map(Err),
+    };
+    Ok(Ok(JobVm {
+        locks,
+        args,
+        disks,
+        qmp,
+        sides,
+    }))
+}
+
 /// `vmshift cancel JOB` of a live job whose process is gone (killed, host crash). Before the
 /// pivot (every disk still on its source): cancels the mirror jobs the dead process left in
 /// QEMU and waits until they are gone, deletes our nodes and, unless `keep_partial`, the
@@ -919,27 +966,19 @@ pub fn cancel_live(
     job: &vmshift_journal::JobRecord,
     keep_partial: bool,
 ) -> Result<i32> {
-    let _locks = match crate::jobs::lock_job(&job.id, Path::new(&job.destination)) {
-        Ok(l) => l,
-        Err(e) => return live_refuse("cancel", &e.to_string()),
-    };
-    let args = job_args(job)?;
-    let disks = job_disks(job)?;
-    let mut qmp = match connect(&args.qmp) {
-        Ok(q) => q,
-        Err(e) => {
-            return live_refuse(
-                "cancel",
-                &format!(
-                    "{e:#}: the VM of job {} is not reachable, so vmshift cannot tell whether a target is already its disk; nothing was changed",
-                    job.id
-                ),
-            )
-        }
-    };
-    let sides = match where_disks_run(&mut qmp, &disks) {
-        Ok(s) => s,
-        Err(m) => return live_refuse("cancel", &format!("{m}; nothing was changed")),
+    let JobVm {
+        locks: _locks,
+        disks,
+        mut qmp,
+        sides,
+        ..
+    } = match job_vm(
+        job,
+        "cancel",
+        ", so vmshift cannot tell whether a target is already its disk",
+    )? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
     };
     if !sides.iter().all(|s| *s == Side::Source) {
         return live_refuse(
@@ -1005,30 +1044,18 @@ pub fn resume_live(
     json_mode: bool,
     cancel: Arc<AtomicBool>,
 ) -> Result<i32> {
-    let locks = match crate::jobs::lock_job(&job.id, Path::new(&job.destination)) {
-        Ok(l) => l,
-        Err(e) => return live_refuse("resume", &e.to_string()),
+    let JobVm {
+        locks,
+        mut args,
+        disks,
+        mut qmp,
+        sides,
+    } = match job_vm(&job, "resume", " (stopped?)")? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
     };
-    let mut args = job_args(&job)?;
     args.json = json_mode;
     args.report = report_file;
-    let disks = job_disks(&job)?;
-    let mut qmp = match connect(&args.qmp) {
-        Ok(q) => q,
-        Err(e) => {
-            return live_refuse(
-                "resume",
-                &format!(
-                    "{e:#}: the VM of job {} is not reachable (stopped?); nothing was changed",
-                    job.id
-                ),
-            )
-        }
-    };
-    let sides = match where_disks_run(&mut qmp, &disks) {
-        Ok(s) => s,
-        Err(m) => return live_refuse("resume", &format!("{m}; nothing was changed")),
-    };
     let cleared = vmshift_qmp::leftovers::clear(&mut qmp)?;
     if !cleared.problems.is_empty() {
         return live_refuse(

@@ -184,32 +184,27 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         let refuse = |code: &str, what: String, hint: &str| {
             Problem::new(code, format!("{name} {what}"), hint)
         };
-        if h.crypt_method != 0 {
-            facts.problems.push(refuse(
+        // Features that stop a copy outright: the first one found is reported.
+        let blocker: Option<(&str, String, &str)> = if h.crypt_method != 0 {
+            Some((
                 "encrypted",
                 format!("is encrypted ({}): vmshift does not copy encrypted images, and never writes their ciphertext as data", h.encryption()),
                 "move the file as it is with the VM off (cp keeps the LUKS header), or decrypt it first with qemu-img convert and a --object secret",
-            ));
-            continue;
-        }
-        if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
-            facts.problems.push(refuse(
+            ))
+        } else if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+            Some((
                 "corrupt",
                 "is marked corrupt by QEMU".into(),
                 "repair a copy with qemu-img check -r all, then migrate the copy",
-            ));
-            continue;
-        }
-        if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-            facts.problems.push(refuse(
+            ))
+        } else if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+            Some((
                 "data_file",
                 "keeps its data in an external data file, which vmshift does not copy yet".into(),
                 "convert it with qemu-img convert -O qcow2 first",
-            ));
-            continue;
-        }
-        if h.compression_type != 0 || h.incompatible_features & INCOMPAT_EXTL2 != 0 {
-            facts.problems.push(refuse(
+            ))
+        } else if h.compression_type != 0 || h.incompatible_features & INCOMPAT_EXTL2 != 0 {
+            Some((
                 "unsupported_feature",
                 format!(
                     "uses {} which vmshift's reader does not support",
@@ -220,7 +215,12 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
                     }
                 ),
                 "convert it with qemu-img convert -O qcow2 first",
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some((code, what, hint)) = blocker {
+            facts.problems.push(refuse(code, what, hint));
             continue;
         }
         let integrity = check_qcow2(&layer.path, h, layer.file_size);
