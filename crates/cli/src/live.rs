@@ -927,18 +927,19 @@ fn job_vm(
     };
     let args = job_args(job)?;
     let disks = job_disks(job)?;
-    let mut qmp =
-        match connect(&args.qmp) {
-            Ok(q) => q,
-            Err(e) => return live_refuse(
+    let mut qmp = match connect(&args.qmp) {
+        Ok(q) => q,
+        Err(e) => {
+            return live_refuse(
                 what,
                 &format!(
                     "{e:#}: the VM of job {} is not reachable{unreachable}; nothing was changed",
                     job.id
                 ),
             )
-            .map(Err),
-        };
+            .map(Err)
+        }
+    };
     let sides = match where_disks_run(&mut qmp, &disks) {
         Ok(s) => s,
         Err(m) => return live_refuse(what, &format!("{m}; nothing was changed")).map(Err),
