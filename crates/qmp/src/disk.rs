@@ -54,6 +54,12 @@ pub struct DiskInfo {
     pub busy: Option<String>,
     /// The guest device was created with `share-rw=on` (shared between VMs).
     pub shared: bool,
+    /// `cache.direct` of the root node (O_DIRECT, `cache=none`): kept on the target nodes.
+    pub cache_direct: bool,
+    /// `cache.no-flush` of the root node (`cache=unsafe`): kept on the target nodes.
+    pub cache_no_flush: bool,
+    /// `detect-zeroes` of the root node (`off`, `on`, `unmap`): kept on the target node.
+    pub detect_zeroes: String,
 }
 
 impl DiskInfo {
@@ -191,6 +197,9 @@ pub fn parse_disks(query_block: &Value, named_nodes: &Value) -> Vec<DiskInfo> {
             read_only: ins.get("ro").and_then(Value::as_bool).unwrap_or(false),
             busy,
             shared: false,
+            cache_direct: ins["cache"]["direct"].as_bool().unwrap_or(false),
+            cache_no_flush: ins["cache"]["no-flush"].as_bool().unwrap_or(false),
+            detect_zeroes: s(ins, "detect_zeroes"),
         });
     }
     out

@@ -959,12 +959,18 @@ impl<'a> Driver<'a> {
         } else {
             "host_device"
         };
+        // The target keeps the source's cache mode (e.g. cache=none → O_DIRECT) and
+        // detect-zeroes, so the pivot does not silently change how the VM's disk behaves.
+        let cache = json!({"direct": p.disk.cache_direct, "no-flush": p.disk.cache_no_flush});
         qmp.call(
             "blockdev-add",
-            json!({"driver": proto, "node-name": r.file_node, "filename": filename, "discard": "unmap"}),
+            json!({"driver": proto, "node-name": r.file_node, "filename": filename, "discard": "unmap", "cache": cache}),
         )?;
         r.file_node_added = true;
-        let mut fmt = json!({"driver": p.format.as_str(), "node-name": r.fmt_node, "file": r.file_node, "discard": "unmap"});
+        let mut fmt = json!({"driver": p.format.as_str(), "node-name": r.fmt_node, "file": r.file_node, "discard": "unmap", "cache": cache});
+        if matches!(p.disk.detect_zeroes.as_str(), "on" | "unmap") {
+            fmt["detect-zeroes"] = json!(p.disk.detect_zeroes);
+        }
         if let Some(e) = &p.existing {
             if e.expose_exact_size {
                 fmt["size"] = json!(p.disk.virtual_size);
