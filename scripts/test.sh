@@ -10,4 +10,11 @@ if [ -x scripts/build-guest.sh ]; then
 fi
 # Integration tests start QEMU processes and mount small tmpfs datastores (as root);
 # two test threads keep them from starving each other on a 2-core machine.
-exec cargo test --workspace --all-targets -- --test-threads="${VMSHIFT_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets -- --test-threads="${VMSHIFT_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one "test result" per target).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
