@@ -208,22 +208,7 @@ fn sigterm_mid_copy_cancels_and_leaves_no_target() {
     let img = ws.path("d.raw");
     std::fs::write(&img, random_bytes(16 << 20, 4)).unwrap();
     let dst = ws.mkdir("dst");
-    let bin = assert_cmd::cargo::cargo_bin("vmshift");
-    let child = std::process::Command::new(bin)
-        .args([
-            "migrate",
-            p(&img),
-            "--to",
-            p(&dst),
-            "--bwlimit",
-            "4M",
-            "--json",
-        ])
-        .env("VMSHIFT_STATE_DIR", ws.path("state"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ws.spawn_slow_migrate(&img, &dst, "4M");
     std::thread::sleep(Duration::from_millis(1200));
     run("kill", &["-TERM", &child.id().to_string()]);
     let out = child.wait_with_output().unwrap();

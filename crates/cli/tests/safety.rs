@@ -205,22 +205,7 @@ fn a_source_written_behind_the_locks_during_the_copy_fails_verification() {
     let src = ws.path("d.raw");
     std::fs::write(&src, random_bytes(16 << 20, 9)).unwrap();
     let dst = ws.mkdir("dst");
-    let bin = assert_cmd::cargo::cargo_bin("vmshift");
-    let child = std::process::Command::new(bin)
-        .args([
-            "migrate",
-            p(&src),
-            "--to",
-            p(&dst),
-            "--bwlimit",
-            "8M",
-            "--json",
-        ])
-        .env("VMSHIFT_STATE_DIR", ws.path("state"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ws.spawn_slow_migrate(&src, &dst, "8M");
     std::thread::sleep(Duration::from_millis(600));
     // A writer that ignores QEMU's locks (like dd) changes an early block.
     use std::os::unix::fs::FileExt;
@@ -294,6 +279,27 @@ impl Drop for PausedVm {
     }
 }
 
+/// Runs `vmshift migrate --qmp … --delete-source` against a paused VM on `img`.
+fn live_delete(
+    ws: &Ws,
+    dir: &std::path::Path,
+    img: &std::path::Path,
+    dst: &str,
+) -> std::process::Output {
+    let vm = PausedVm::start(dir, img);
+    ws.vmshift()
+        .args([
+            "migrate",
+            "--qmp",
+            p(&vm.1),
+            "--to",
+            p(&ws.mkdir(dst)),
+            "--delete-source",
+        ])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn live_delete_source_is_refused_for_a_backing_file_or_an_image_with_snapshots() {
     let ws = Ws::new();
@@ -315,20 +321,7 @@ fn live_delete_source_is_refused_for_a_backing_file_or_an_image_with_snapshots()
             "child.qcow2",
         ],
     );
-    let vm = PausedVm::start(&dir, &base);
-    let out = ws
-        .vmshift()
-        .args([
-            "migrate",
-            "--qmp",
-            p(&vm.1),
-            "--to",
-            p(&ws.mkdir("dst")),
-            "--delete-source",
-        ])
-        .output()
-        .unwrap();
-    drop(vm);
+    let out = live_delete(&ws, &dir, &base, "dst");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("the backing file of"),
@@ -341,20 +334,7 @@ fn live_delete_source_is_refused_for_a_backing_file_or_an_image_with_snapshots()
     let snap = ws.mkdir("s").join("vm.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&snap), "16M"]);
     qemu_img(&["snapshot", "-c", "before-upgrade", p(&snap)]);
-    let vm = PausedVm::start(&ws.path("s"), &snap);
-    let out = ws
-        .vmshift()
-        .args([
-            "migrate",
-            "--qmp",
-            p(&vm.1),
-            "--to",
-            p(&ws.mkdir("dst2")),
-            "--delete-source",
-        ])
-        .output()
-        .unwrap();
-    drop(vm);
+    let out = live_delete(&ws, &ws.path("s"), &snap, "dst2");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("internal snapshots"),

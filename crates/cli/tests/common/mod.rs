@@ -59,6 +59,26 @@ impl Ws {
         (code, report, out)
     }
 
+    /// Starts `vmshift migrate SRC --to DST --bwlimit LIMIT --json` in the background (for
+    /// tests that act on a job while it copies).
+    pub fn spawn_slow_migrate(&self, src: &Path, dst: &Path, limit: &str) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
+            .args([
+                "migrate",
+                p(src),
+                "--to",
+                p(dst),
+                "--bwlimit",
+                limit,
+                "--json",
+            ])
+            .env("VMSHIFT_STATE_DIR", self.path("state"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Builds shared cases into this workspace; returns the folder of the first one.
     pub fn case(&self, id: &str) -> PathBuf {
         let script = repo_root().join("tests/cases/make_cases.sh");
