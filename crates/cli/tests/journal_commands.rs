@@ -303,18 +303,21 @@ fn resume_refuses_a_partial_target_it_did_not_write() {
     let dst = ws.mkdir("dst");
     let id = interrupted(&ws, &src, &dst);
     let partial = dst.join("big.raw.vmshift-partial");
-    // Someone else's bytes where the journal says the job copied its first chunk.
+    // Someone else's bytes at the start of every 8 MiB chunk: whichever chunks the journal
+    // recorded (parallel workers finish them in any order), the sample re-reads one of them.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&partial)
         .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 4096], 0).unwrap();
+    for chunk in 0..20u64 {
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 4096], chunk * 8 * M).unwrap();
+    }
     drop(f);
     let out = ws.vmshift().args(["resume", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
-        err.contains("is not the partial target this job wrote") && err.contains("0x0"),
+        err.contains("is not the partial target this job wrote") && err.contains(" 0x"),
         "{err}"
     );
     assert!(
