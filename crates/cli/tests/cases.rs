@@ -346,35 +346,7 @@ fn c22_destination_out_of_space_is_refused_up_front_or_cleaned_up() {
     // Space vanishes mid-copy (another writer fills the datastore): failed, nothing left.
     let mid = ws.path("mid");
     let _m = Tmpfs::mount(&mid, "20m");
-    let child = ws
-        .vmshift()
-        .args([
-            "migrate",
-            p(&case.join("src.qcow2")),
-            "--to",
-            p(&mid),
-            "--bwlimit",
-            "4M",
-            "--json",
-        ])
-        .get_program()
-        .to_owned();
-    let proc = std::process::Command::new(child)
-        .args([
-            "migrate",
-            p(&case.join("src.qcow2")),
-            "--to",
-            p(&mid),
-            "--bwlimit",
-            "4M",
-            "--json",
-        ])
-        .env("VMSHIFT_STATE_DIR", ws.path("state"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    let proc = ws.start_copying(&case.join("src.qcow2"), &mid, "4M");
     let filler = mid.join("filler");
     let _ = std::process::Command::new("fallocate")
         .args(["-l", "19M", p(&filler)])
@@ -387,7 +359,7 @@ fn c22_destination_out_of_space_is_refused_up_front_or_cleaned_up() {
         ])
         .stderr(std::process::Stdio::null())
         .status();
-    let out = proc.wait_with_output().unwrap();
+    let out = proc.finish();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let r = last_report(&out);
     assert_eq!(r["status"], "failed");

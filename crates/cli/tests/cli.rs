@@ -208,10 +208,9 @@ fn sigterm_mid_copy_cancels_and_leaves_no_target() {
     let img = ws.path("d.raw");
     std::fs::write(&img, random_bytes(16 << 20, 4)).unwrap();
     let dst = ws.mkdir("dst");
-    let child = ws.spawn_slow_migrate(&img, &dst, "4M");
-    std::thread::sleep(Duration::from_millis(1200));
-    run("kill", &["-TERM", &child.id().to_string()]);
-    let out = child.wait_with_output().unwrap();
+    let child = ws.start_copying(&img, &dst, "4M");
+    run("kill", &["-TERM", &child.pid().to_string()]);
+    let out = child.finish();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let r = last_report(&out);
     assert_eq!(r["status"], "cancelled");

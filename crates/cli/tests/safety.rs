@@ -205,14 +205,13 @@ fn a_source_written_behind_the_locks_during_the_copy_fails_verification() {
     let src = ws.path("d.raw");
     std::fs::write(&src, random_bytes(16 << 20, 9)).unwrap();
     let dst = ws.mkdir("dst");
-    let child = ws.spawn_slow_migrate(&src, &dst, "8M");
-    std::thread::sleep(Duration::from_millis(600));
+    let child = ws.start_copying(&src, &dst, "8M");
     // A writer that ignores QEMU's locks (like dd) changes an early block.
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.write_all_at(b"CHANGED!", 100).unwrap();
     drop(f);
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("changed while it was copied"),

@@ -79,6 +79,32 @@ impl Ws {
             .unwrap()
     }
 
+    /// [`Ws::spawn_slow_migrate`], returning once the job reports its copy phase (so a test
+    /// acts mid-copy however slow the machine is).
+    pub fn start_copying(&self, src: &Path, dst: &Path, limit: &str) -> Copying {
+        let mut child = self.spawn_slow_migrate(src, dst, limit);
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains(r#""phase":"copy""#) {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the job never reached its copy phase");
+        Copying { child, reader }
+    }
+
     /// Builds shared cases into this workspace; returns the folder of the first one.
     pub fn case(&self, id: &str) -> PathBuf {
         let script = repo_root().join("tests/cases/make_cases.sh");
@@ -356,5 +382,25 @@ impl Drop for RunningQemu {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A background migration that is copying.
+pub struct Copying {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl Copying {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the job to end and returns its output (stdout = every NDJSON line).
+    pub fn finish(self) -> Output {
+        let out = self.child.wait_with_output().unwrap();
+        let stdout = self.reader.join().unwrap().into_bytes();
+        Output { stdout, ..out }
     }
 }
