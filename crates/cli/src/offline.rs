@@ -620,6 +620,10 @@ fn execute(
         );
     }
 
+    // Stamp the source before anything is read (and before the copy phase is announced):
+    // any write after this point makes the job fail instead of claiming a verified copy.
+    let stamp = crate::safety::SourceStamp::take(chain);
+
     // Copy.
     timer.start(out, Phase::Copy);
     let _source_lock = if plan.crash_consistent {
@@ -634,7 +638,6 @@ fn execute(
             })?,
         )
     };
-    let stamp = crate::safety::SourceStamp::take(chain);
     let reader = ImageReader::open(chain).map_err(|e| e.to_string())?;
     let extents = reader
         .extents(0, reader.virtual_size(), shallow)
