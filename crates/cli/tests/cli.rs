@@ -30,21 +30,7 @@ fn info_shows_format_sizes_chain_and_lock_state() {
         p(&base),
         "64M",
     ]);
-    run_in(
-        ws.dir.path(),
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
+    overlay(ws.dir.path(), "base.qcow2", "top.qcow2");
     let top = ws.path("top.qcow2");
     qemu_io("qcow2", &top, &["write -P 1 0 1M"]);
     let out = ws

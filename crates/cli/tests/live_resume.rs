@@ -30,6 +30,16 @@ fn p(path: &Path) -> &str {
 }
 
 /// A raw image of `mib` MiB whose first `data` MiB hold `pattern` and a distinct last MiB.
+/// A temp dir with datastores `a` (sources) and `b` (targets) and the state dir path.
+fn datastores() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let state = dir.path().join("state");
+    (dir, a, b, state)
+}
+
 fn image(path: &Path, mib: u64, data: u64, pattern: &str) {
     run(
         "qemu-img",
@@ -89,14 +99,7 @@ fn compare(a: &Path, b: &Path) {
 #[test]
 fn resume_after_kill_9_mid_copy_mirrors_again_under_the_same_job() {
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().expect("tmp");
-    let (a, b, state) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("state"),
-    );
-    std::fs::create_dir_all(&a).expect("mkdir");
-    std::fs::create_dir_all(&b).expect("mkdir");
+    let (dir, a, b, state) = datastores();
     let src = a.join("web.raw");
     let dst = b.join("web.raw");
     image(&src, 8, 6, "0x5a");
@@ -183,14 +186,7 @@ fn resume_after_kill_9_mid_copy_mirrors_again_under_the_same_job() {
 #[test]
 fn rollback_moves_a_live_job_back_to_its_old_paths() {
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().expect("tmp");
-    let (a, b, state) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("state"),
-    );
-    std::fs::create_dir_all(&a).expect("mkdir");
-    std::fs::create_dir_all(&b).expect("mkdir");
+    let (dir, a, b, state) = datastores();
     let src = a.join("db.raw");
     image(&src, 8, 4, "0x3c");
     let pristine: PathBuf = dir.path().join("pristine.raw");
@@ -300,14 +296,7 @@ fn rollback_moves_a_live_job_back_to_its_old_paths() {
 #[test]
 fn resume_after_kill_9_past_the_pivot_finishes_the_remaining_phases() {
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().expect("tmp");
-    let (a, b, state) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("state"),
-    );
-    std::fs::create_dir_all(&a).expect("mkdir");
-    std::fs::create_dir_all(&b).expect("mkdir");
+    let (dir, a, b, state) = datastores();
     let src = a.join("app.raw");
     let dst = b.join("app.raw");
     image(&src, 8, 5, "0x42");
@@ -405,14 +394,7 @@ fn resume_after_kill_9_past_the_pivot_finishes_the_remaining_phases() {
 
 #[test]
 fn cancel_after_kill_9_mid_copy_clears_qemu_and_the_partial_target() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (a, b, state) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("state"),
-    );
-    std::fs::create_dir_all(&a).expect("mkdir");
-    std::fs::create_dir_all(&b).expect("mkdir");
+    let (dir, a, b, state) = datastores();
     let src = a.join("web.raw");
     let dst = b.join("web.raw");
     image(&src, 8, 6, "0x5a");

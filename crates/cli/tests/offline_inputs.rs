@@ -142,36 +142,8 @@ fn two_level_chain_with_relative_names_flattened_and_kept() {
     let top = dir.join("top.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
     qemu_io("qcow2", &base, &["write -P 0x11 0 8M"]);
-    run_in(
-        &dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "mid.qcow2",
-        ],
-    );
-    run_in(
-        &dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
+    overlay(&dir, "base.qcow2", "mid.qcow2");
+    overlay(&dir, "mid.qcow2", "top.qcow2");
     qemu_io("qcow2", &mid, &["write -P 0x22 2M 2M"]);
     qemu_io("qcow2", &top, &["write -P 0x33 3M 512k", "write -z 6M 1M"]);
 

@@ -31,21 +31,7 @@ fn missing_backing_file_is_refused() {
     let base = ws.path("base.qcow2");
     let top = ws.path("top.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "8M"]);
-    run_in(
-        ws.dir.path(),
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
+    overlay(ws.dir.path(), "base.qcow2", "top.qcow2");
     std::fs::remove_file(&base).unwrap();
     assert_refused(&ws, &top, &[], "base.qcow2 cannot be opened");
 }
@@ -60,13 +46,7 @@ fn backing_loop_is_refused() {
         "qemu-img",
         &["create", "-q", "-f", "qcow2", "a.qcow2", "8M"],
     );
-    run_in(
-        ws.dir.path(),
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2",
-        ],
-    );
+    overlay(ws.dir.path(), "a.qcow2", "b.qcow2");
     // Point a at b: a loop (made with -u, which does not open the backing file).
     run_in(
         ws.dir.path(),

@@ -107,21 +107,7 @@ fn overwrite_never_replaces_a_running_vms_disk_or_a_backing_file() {
     let dir = ws.mkdir("ow");
     let base = dir.join("base.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
-    run_in(
-        &dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
+    overlay(&dir, "base.qcow2", "top.qcow2");
     let (code, _, out) = ws.migrate(&src, &base, &["--overwrite"]);
     assert_eq!(code, 2);
     assert!(
@@ -165,21 +151,7 @@ fn a_base_kept_by_a_shallow_copy_elsewhere_is_not_deleted() {
     let base = src.join("base.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
     qemu_io("qcow2", &base, &["write -P 0x11 0 1M"]);
-    run_in(
-        &src,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "vm.qcow2",
-        ],
-    );
+    overlay(&src, "base.qcow2", "vm.qcow2");
     let (code, _, _) = ws.migrate(
         &src.join("vm.qcow2"),
         &ws.mkdir("elsewhere/far"),
@@ -305,21 +277,7 @@ fn live_delete_source_is_refused_for_a_backing_file_or_an_image_with_snapshots()
     let dir = ws.mkdir("store");
     let base = dir.join("base.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
-    run_in(
-        &dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "child.qcow2",
-        ],
-    );
+    overlay(&dir, "base.qcow2", "child.qcow2");
     let out = live_delete(&ws, &dir, &base, "dst");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(

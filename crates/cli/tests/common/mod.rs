@@ -184,6 +184,19 @@ pub fn run_in(dir: &Path, prog: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Creates qcow2 overlay `name` in `dir` on backing file `base` (a name relative to `dir`,
+/// format qcow2 recorded), as an operator would with qemu-img; returns its path.
+pub fn overlay(dir: &Path, base: &str, name: &str) -> PathBuf {
+    run_in(
+        dir,
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", name,
+        ],
+    );
+    dir.join(name)
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
