@@ -205,9 +205,9 @@ pub fn qemu_img(args: &[&str]) -> String {
     run("qemu-img", args)
 }
 
-/// qemu-io with an explicit format, failing on any error text.
-pub fn qemu_io(fmt: &str, img: &Path, cmds: &[&str]) {
-    let mut a = vec!["-f".to_string(), fmt.to_string()];
+/// Runs qemu-io on `img` with `flags` then one `-c` per command: (exit ok, stdout+stderr).
+fn run_qemu_io(flags: &[&str], img: &Path, cmds: &[&str]) -> (bool, String) {
+    let mut a: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
     for c in cmds {
         a.push("-c".into());
         a.push((*c).into());
@@ -219,27 +219,23 @@ pub fn qemu_io(fmt: &str, img: &Path, cmds: &[&str]) {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// qemu-io with an explicit format, failing on any error text.
+pub fn qemu_io(fmt: &str, img: &Path, cmds: &[&str]) {
+    let (ok, text) = run_qemu_io(&["-f", fmt], img, cmds);
     assert!(
-        out.status.success() && !text.to_lowercase().contains("fail") && !text.contains("rror"),
-        "qemu-io {a:?}: {text}"
+        ok && !text.to_lowercase().contains("fail") && !text.contains("rror"),
+        "qemu-io {cmds:?} {}: {text}",
+        img.display()
     );
 }
 
 /// Like [`qemu_io`] but read-only, returning whether all commands passed.
 pub fn qemu_io_ro_ok(img: &Path, fmt: &str, cmds: &[&str]) -> bool {
-    let mut a = vec!["-r".to_string(), "-f".to_string(), fmt.to_string()];
-    for c in cmds {
-        a.push("-c".into());
-        a.push((*c).into());
-    }
-    a.push(p(img).to_string());
-    let out = std::process::Command::new("qemu-io")
-        .args(&a)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    out.status.success() && !text.contains("Pattern verification failed") && !text.contains("rror")
+    let (ok, text) = run_qemu_io(&["-r", "-f", fmt], img, cmds);
+    ok && !text.contains("Pattern verification failed") && !text.contains("rror")
 }
 
 pub fn info(img: &Path) -> Value {
