@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmshift_copy::{
     copy_image_with, digest_image, first_difference, CopyError, CopyHooks, CopyOptions, Counters,
+    ReadBack,
 };
 use vmshift_core::plan::{decide, DestFacts, Plan, PlanOptions, TargetFormat};
 use vmshift_core::report::{ImageSide, JobError, PhaseTiming, Report};
@@ -726,10 +727,23 @@ fn execute(
         Some(cp) => cp.chunk_done(d),
         None => Ok(()),
     };
+    // Verify during the copy when the copy hashes the source (see vmshift_copy::readback).
+    let read_back = if opts.hash {
+        let r = target
+            .reader(spec.virtual_size)
+            .map_err(|e| format!("{}: cannot be read back: {e}", partial.display()))?;
+        Some(ReadBack::new(r, reader.virtual_size(), opts.chunk))
+    } else {
+        None
+    };
     let hooks = CopyHooks {
         skip: Some(&skip),
-        on_chunk: Some(&on_chunk),
+        // Without a journal nothing needs per-chunk digests: no hook, no hashing.
+        on_chunk: checkpointer
+            .as_ref()
+            .map(|_| &on_chunk as &(dyn Fn(_) -> _ + Sync)),
         chunks_not_zero: reuse,
+        read_back: read_back.as_ref(),
     };
     let result = {
         let _p = out.progress("copy", counters.clone());
@@ -831,8 +845,17 @@ fn execute(
         };
         let target_digest = {
             let _p = out.progress("verify", counters.clone());
-            digest_image(&treader, src_size, threads, CHUNK, cancel, &counters)
-                .map_err(|e| e.to_string())?
+            report.verification.method = if read_back.is_some() {
+                "during-copy"
+            } else {
+                "after-copy"
+            }
+            .into();
+            match read_back {
+                Some(rb) => rb.finish(&treader, threads, cancel, &counters),
+                None => digest_image(&treader, src_size, threads, CHUNK, cancel, &counters),
+            }
+            .map_err(|e| e.to_string())?
         };
         report.verification.algorithm = vmshift_copy::digest::ALGORITHM.into();
         report.verification.source_digest = source_digest.hex();

@@ -136,6 +136,7 @@ fn json_events_come_in_phase_order_and_end_with_the_report_which_is_also_on_disk
     assert_eq!(r["bytes_copied"], 8 * M);
     assert_eq!(r["verification"]["algorithm"], "blake3-sparse-1MiB");
     assert_eq!(r["verification"]["verified_bytes"], 64 * M);
+    assert_eq!(r["verification"]["method"], "during-copy");
     let on_disk = ws.path(&format!(
         "state/reports/{}.json",
         r["job_id"].as_str().unwrap()
@@ -225,4 +226,55 @@ fn demo_runs_the_main_job_on_a_sample_vm_disk() {
     qemu_img(&["convert", "-O", "raw", p(&dst), p(&raw)]);
     let listing = run("debugfs", &["-R", "ls -l /etc", p(&raw)]);
     assert!(listing.contains("hostname"), "{listing}");
+}
+
+#[test]
+fn a_stray_write_into_the_target_mid_copy_fails_verification_and_removes_it() {
+    let ws = Ws::new();
+    let img = ws.path("d.raw");
+    let data = random_bytes(16 << 20, 6);
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(32 * M).unwrap();
+    drop(f);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .map(|f| std::os::unix::fs::FileExt::write_all_at(&f, &data, 0).unwrap())
+        .unwrap();
+    let dst = ws.mkdir("dst");
+    let child = ws.start_copying(&img, &dst, "4M");
+    // The source's hole at 28 MiB is never a data chunk: only the check after the fsync
+    // reads it.
+    let t = Instant::now();
+    let partial = loop {
+        let found = std::fs::read_dir(&dst)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".vmshift-partial"));
+        match found {
+            Some(p) => break p,
+            None if t.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            None => panic!("no partial target in {}", dst.display()),
+        }
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"stray", 28 * M + 5).unwrap();
+    drop(f);
+    let out = child.finish();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("verification failed") && err.contains("0x1c00005"),
+        "{err}"
+    );
+    let r = last_report(&out);
+    assert_eq!(r["verification"]["result"], "mismatch");
+    assert_eq!(r["verification"]["first_mismatch_offset"], 28 * M + 5);
+    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+    assert_eq!(std::fs::read(&img).unwrap()[..16 << 20], data[..]);
 }

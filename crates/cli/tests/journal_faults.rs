@@ -235,6 +235,10 @@ fn source_read_errors_fail_clearly_keep_the_partial_and_resume_completes() {
         64 * M
     );
     assert_eq!(r2["verification"]["result"], "match");
+    assert_eq!(
+        r2["verification"]["method"], "after-copy",
+        "a resume reads it all"
+    );
     assert_eq!(std::fs::read(dst.join("d.raw")).unwrap(), data);
     assert_eq!(std::fs::read(&backing).unwrap(), data, "source unchanged");
 }

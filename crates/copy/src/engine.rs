@@ -5,6 +5,7 @@
 use crate::digest::SparseDigest;
 use crate::io::{AlignedBuf, FastSource, Writeback};
 use crate::plan::{clip, plan_units, Unit};
+use crate::readback::ReadBack;
 use crate::throttle::Throttle;
 use crate::zero::zero_runs;
 use std::io;
@@ -33,6 +34,14 @@ pub enum CopyError {
         /// The I/O error (ENOSPC included).
         source: io::Error,
     },
+    /// Reading a chunk back from the target for verification failed at guest `offset`.
+    #[error("read-back error in the target at guest offset {offset:#x}: {source}")]
+    ReadBack {
+        /// Guest offset.
+        offset: u64,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// The cancel flag was raised; stopped at a chunk boundary.
     #[error("cancelled")]
     Cancelled,
@@ -51,6 +60,11 @@ impl CopyError {
     /// A write error at `offset`.
     pub fn write(offset: u64, source: io::Error) -> Self {
         CopyError::Write { offset, source }
+    }
+
+    /// A read-back error at `offset`.
+    pub fn read_back(offset: u64, source: io::Error) -> Self {
+        CopyError::ReadBack { offset, source }
     }
 
     /// The target ran out of space.
@@ -149,6 +163,9 @@ pub struct CopyHooks<'a> {
     /// write their zero runs explicitly even when `target_is_zero` is set. Ranges outside
     /// data chunks still follow `target_is_zero`.
     pub chunks_not_zero: bool,
+    /// Read each data chunk back from the target after writing it and hash it there
+    /// (verification during the copy; see [`crate::readback`]).
+    pub read_back: Option<&'a ReadBack>,
 }
 
 /// Copies `source` (its block status `extents`, from [`ImageReader::extents`]) into `target`.
@@ -275,22 +292,30 @@ pub fn copy_image_with(
                     }
                 }
                 writeback.kick(start, buf.len() as u64);
-                if let Some(cb) = hooks.on_chunk {
-                    let chunk_digest = match &digest {
-                        Some(d) => d.add_chunk(start, buf),
-                        None => crate::digest::chunk_digest(start, buf),
-                    };
+                let len = buf.len() as u64;
+                // Hash the source bytes before the buffer is reused for the read-back.
+                let chunk_digest = match (&digest, hooks.on_chunk) {
+                    (Some(d), Some(_)) => Some(d.add_chunk(start, buf)),
+                    (None, Some(_)) => Some(crate::digest::chunk_digest(start, buf)),
+                    (Some(d), None) => {
+                        d.add(start, buf);
+                        None
+                    }
+                    (None, None) => None,
+                };
+                if let Some(rb) = hooks.read_back {
+                    rb.chunk(idx, buf)?;
+                }
+                if let (Some(cb), Some(digest)) = (hooks.on_chunk, chunk_digest) {
                     cb(ChunkDone {
                         index: idx,
                         offset: start,
-                        len: buf.len() as u64,
+                        len,
                         bytes: written,
-                        digest: chunk_digest,
+                        digest,
                     })?;
-                } else if let Some(d) = &digest {
-                    d.add(start, buf);
                 }
-                counters.add_done(buf.len() as u64);
+                counters.add_done(len);
                 Ok(())
             }
         },

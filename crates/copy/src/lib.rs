@@ -3,6 +3,7 @@
 //! - [`plan`]: turns block status into work units (data chunks and zero ranges).
 //! - [`engine`]: parallel workers that read, skip zeroes, write, throttle and hash.
 //! - [`digest`]: the content digest that proves source and target hold the same guest view.
+//! - [`readback`]: verification during the copy (chunks read back from the target).
 //! - [`zero`]: zero detection.
 //! - [`io`]: aligned buffers, `O_DIRECT` source reads, early target writeback.
 //! - [`throttle`]: the bandwidth limit.
@@ -11,6 +12,7 @@ pub mod digest;
 pub mod engine;
 pub mod io;
 pub mod plan;
+pub mod readback;
 pub mod throttle;
 pub mod zero;
 
@@ -19,3 +21,4 @@ pub use engine::{
     copy_image, copy_image_with, default_threads, ChunkDone, CopyError, CopyHooks, CopyOptions,
     CopyStats, Counters,
 };
+pub use readback::ReadBack;

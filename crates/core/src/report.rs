@@ -50,6 +50,12 @@ pub struct Verification {
     /// First differing guest offset, when `result` is `mismatch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_mismatch_offset: Option<u64>,
+    /// How the target was read: `during-copy` (each chunk read back from the target file
+    /// as it was written; after the fsync the target's mapping on disk and any data outside
+    /// those chunks are checked through a fresh reader), `after-copy` (the synced target
+    /// read in full), or empty when skipped or live.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
 }
 
 /// Why a job failed.
@@ -170,6 +176,7 @@ impl Report {
                 verified_bytes: 0,
                 result: "skipped".into(),
                 first_mismatch_offset: None,
+                method: String::new(),
             },
             consistency: "consistent".into(),
             backing: "none".into(),

@@ -131,6 +131,57 @@ impl ImageReader {
         }
     }
 
+    /// The first guest offset in `[offset, offset+len)` at which `self` and `other` map
+    /// guest bytes to different places: different host offsets or files, or data against
+    /// zero. Two imago images of one qcow2 file (the writer's, with its cached tables, and a
+    /// fresh one reading the tables on disk) agree everywhere when the tables were flushed.
+    /// `None` when they agree. Plain raw files have no mapping: they always agree.
+    ///
+    /// # Errors
+    /// The I/O error of reading either image's metadata.
+    pub fn first_mapping_difference(
+        &self,
+        other: &ImageReader,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Option<u64>> {
+        use imago::Storage;
+        let (a, b) = match (self, other) {
+            (ImageReader::Imago { image: a, .. }, ImageReader::Imago { image: b, .. }) => (a, b),
+            (ImageReader::Raw { .. }, ImageReader::Raw { .. }) => return Ok(None),
+            _ => return Ok(Some(offset)),
+        };
+        let end = offset.saturating_add(len);
+        let mut pos = offset;
+        while pos < end {
+            let (ma, na) = a.get_mapping(pos, end - pos)?;
+            let (mb, nb) = b.get_mapping(pos, end - pos)?;
+            let same = match (&ma, &mb) {
+                (
+                    Mapping::Raw {
+                        storage: sa,
+                        offset: ha,
+                        ..
+                    },
+                    Mapping::Raw {
+                        storage: sb,
+                        offset: hb,
+                        ..
+                    },
+                ) => ha == hb && sa.get_filename() == sb.get_filename(),
+                (Mapping::Zero { .. }, Mapping::Zero { .. })
+                | (Mapping::Eof { .. }, Mapping::Eof { .. }) => true,
+                _ => false,
+            };
+            let n = na.min(nb);
+            if !same || n == 0 {
+                return Ok((!same).then_some(pos));
+            }
+            pos += n;
+        }
+        Ok(None)
+    }
+
     /// Block status of `[offset, offset+len)`: a sorted, coalesced list of extents.
     ///
     /// With `shallow`, only the top layer is asked: ranges the backing chain supplies come

@@ -2,7 +2,7 @@
 
 use crate::chain::{resolve_chain, Chain, ChainOptions, LayerFormat};
 use crate::qemu_img::{create_qcow2, Qcow2CreateSpec};
-use crate::reader::{open_chain_imago, ImagoImage};
+use crate::reader::{open_chain_imago, ImageReader, ImagoImage};
 use crate::ImageError;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -172,6 +172,26 @@ impl TargetImage {
             }
             TargetImage::Qcow2 { image } => image.write_zeroes(offset, len),
         }
+    }
+
+    /// A reader of what has been written so far, for reading chunks back while the copy
+    /// runs: a second descriptor of the raw file, or the writer's own qcow2 image (its
+    /// mapping tables may not be on disk yet; see
+    /// [`ImageReader::first_mapping_difference`]). `size` is the guest size in bytes.
+    ///
+    /// # Errors
+    /// The error of duplicating the raw file's descriptor.
+    pub fn reader(&self, size: u64) -> io::Result<ImageReader> {
+        Ok(match self {
+            TargetImage::Raw { file, .. } => ImageReader::Raw {
+                file: file.try_clone()?,
+                size,
+            },
+            TargetImage::Qcow2 { image } => ImageReader::Imago {
+                image: image.clone(),
+                size,
+            },
+        })
     }
 
     /// Flushes metadata caches and `fsync`s the file.
