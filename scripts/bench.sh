@@ -8,7 +8,7 @@
 # (default /var/tmp/vmshift-bench: put it on the disk you want to measure, not on tmpfs),
 # drops the page cache before every run (root), and prints one row per case and tool:
 # median seconds of N runs (default 3), MB/s of guest data (10^6 bytes), throughput ratio vs
-# `qemu-img convert` default (> 1 is faster), peak RSS, and the target's allocation.
+# `qemu-img convert` default (> 1 is faster), CPU seconds (user + system, median), peak RSS, and the target's allocation.
 # Every timed run ends with `sync FILE` of the output, so tools that leave dirty pages
 # behind (nbdcopy without --flush) are charged for them too.
 # Every output is checked for exact virtual size; the first run of each case and tool (every
@@ -107,6 +107,7 @@ run_once() {
       out_file="" ;;
     "qemu-img") qemu_img_cmd ;;
     "qemu-img -m16 -W") qemu_img_cmd -m 16 -W ;;
+    "qemu-img -m16 -W -t none") qemu_img_cmd -m 16 -W -t none -T none ;;
     nbdcopy)
       o=$run_dir/out.$outfmt; out_file=$o
       local s=("$src") d=("$o")
@@ -121,14 +122,15 @@ run_once() {
   drop_caches
   local t0 t1
   t0=$(date +%s%N)
-  if ! /usr/bin/time -f %M -o "$dir/out/rss" "${cmd[@]}" >"$dir/out/log" 2>&1; then
+  if ! /usr/bin/time -f '%M %U %S' -o "$dir/out/rss" "${cmd[@]}" >"$dir/out/log" 2>&1; then
     echo "bench: $tool failed on case $case:" >&2; cat "$dir/out/log" >&2; exit 1
   fi
   [ -n "$out_file" ] || out_file=$(find "$run_dir" -maxdepth 1 -type f | head -1)
   sync "$out_file"
   t1=$(date +%s%N)
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')
-  rss_kib=$(tail -1 "$dir/out/rss")
+  read -r rss_kib cpu_u cpu_s < <(tail -1 "$dir/out/rss")
+  cpu=$(awk -v u="$cpu_u" -v s="$cpu_s" 'BEGIN{printf "%.2f", u+s}')
 }
 
 check_output() {
@@ -155,7 +157,7 @@ bench_case() { # case label src srcfmt outfmt tools...
   [ "$case" = e ] && src_alloc=$(( $(alloc "$dir/in/base.qcow2") + $(alloc "$dir/in/mid.qcow2") + $(alloc "$dir/in/top.qcow2") ))
   # Round-robin (run 1 of every tool, then run 2, ...) so a burst of noise from other work on
   # the machine lands on all tools alike rather than on one tool's runs.
-  local -A times=() rsses=() allocs=()
+  local -A times=() rsses=() allocs=() cpus=()
   local r
   for ((r = 1; r <= runs; r++)); do
     for tool in "$@"; do
@@ -163,17 +165,19 @@ bench_case() { # case label src srcfmt outfmt tools...
       check_output "$out_file" $(( check_all || r == 1 ))
       times[$tool]+="$secs "
       rsses[$tool]+="$rss_kib "
+      cpus[$tool]+="$cpu "
       allocs[$tool]+="$(alloc "$out_file") "
     done
   done
   for tool in "$@"; do
-    local m rss a
+    local m rss a c
     m=$(printf '%s\n' ${times[$tool]} | median)
+    c=$(printf '%s\n' ${cpus[$tool]} | median)
     rss=$(printf '%s\n' ${rsses[$tool]} | sort -n | tail -1)
     a=$(printf '%s\n' ${allocs[$tool]} | sort -n | tail -1)
     med_secs["$case/$tool"]=$m
     best_secs["$case/$tool"]=$(printf '%s\n' ${times[$tool]} | sort -n | head -1)
-    rows+=("$case|$label|$tool|$m|$data|$rss|$a|$src_alloc")
+    rows+=("$case|$label|$tool|$m|$data|$rss|$a|$src_alloc|$c")
     printf 'bench: %-2s %-26s %-32s %7ss (runs: %s)\n' "$case" "$label" "$tool" "$m" "${times[$tool]}" >&2
   done
 }
@@ -184,35 +188,40 @@ started=$(date +%s) load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 vm_tools=(vmshift "vmshift --no-verify")
 "$VMSHIFT" migrate --help | grep -q -- '--no-journal' &&
   vm_tools+=("vmshift --no-journal" "vmshift --no-verify --no-journal")
-q_tools=("qemu-img" "qemu-img -m16 -W" nbdcopy)
-# The disk's own limit for a copy: fio reading the source and writing a new file at once
-# (8 MiB requests, 8 in flight each, O_DIRECT), the slower side's time.
-disk_limit() {
+"$VMSHIFT" migrate --help | grep -q -- '--io' &&
+  vm_tools+=("vmshift --io direct" "vmshift --io direct --no-verify")
+q_tools=("qemu-img" "qemu-img -m16 -W" "qemu-img -m16 -W -t none" nbdcopy)
+# The disk's own limit for a copy of BYTES of data: fio reading that much of a file and
+# writing as much to a new file at once (8 MiB requests, 8 in flight each, O_DIRECT), the
+# slower side's time.
+disk_limit() { # case label bytes
   command -v fio >/dev/null || return 0
-  local times=() r t
+  local c=$1 label=$2 bytes=$3 times=() r t
   for ((r = 1; r <= runs; r++)); do
     rm -f "$dir/out/fio.raw"; drop_caches
     t=$(fio --name=r --filename="$in/dense.raw" --rw=read --bs=8M --direct=1 --ioengine=libaio \
-          --iodepth=8 --size="$dense" --name=w --filename="$dir/out/fio.raw" --rw=write --bs=8M \
-          --direct=1 --ioengine=libaio --iodepth=8 --size="$dense" --end_fsync=1 2>&1 |
+          --iodepth=8 --size="$bytes" --name=w --filename="$dir/out/fio.raw" --rw=write --bs=8M \
+          --direct=1 --ioengine=libaio --iodepth=8 --size="$bytes" --end_fsync=1 2>&1 |
         sed -n 's/.*run=\([0-9]*\)-\([0-9]*\)msec.*/\2/p' | sort -n | tail -1)
     times+=("$(awk -v t="$t" 'BEGIN{printf "%.3f", t/1000}')")
   done
   rm -f "$dir/out/fio.raw"
   local m; m=$(printf '%s\n' "${times[@]}" | median)
-  med_secs["a/fio (disk limit)"]=$m
-  best_secs["a/fio (disk limit)"]=$(printf '%s\n' "${times[@]}" | sort -n | head -1)
-  rows+=("a|dense raw->raw|fio (disk limit)|$m|$dense|0|$dense|0")
-  printf 'bench: a  %-26s %-22s %7ss (runs: %s)\n' "disk limit" "fio read+write" "$m" "${times[*]}" >&2
+  med_secs["$c/fio (disk limit)"]=$m
+  best_secs["$c/fio (disk limit)"]=$(printf '%s\n' "${times[@]}" | sort -n | head -1)
+  rows+=("$c|$label|fio (disk limit)|$m|$bytes|0|$bytes|0|-")
+  printf 'bench: %-2s %-26s %-32s %7ss (runs: %s)\n' "$c" "disk limit" "fio read+write" "$m" "${times[*]}" >&2
 }
 
 for c in $cases; do
   case "$c" in
-    a) bench_case a "dense raw->raw" "$in/dense.raw" raw raw "${vm_tools[@]}" "${q_tools[@]}"; disk_limit ;;
+    a) bench_case a "dense raw->raw" "$in/dense.raw" raw raw "${vm_tools[@]}" "${q_tools[@]}"
+       disk_limit a "dense raw->raw" "$dense" ;;
     b) bench_case b "dense raw->qcow2" "$in/dense.raw" raw qcow2 "${vm_tools[@]}" "${q_tools[@]}" ;;
     c) bench_case c "dense qcow2->raw" "$in/dense.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}" ;;
     d) bench_case d1 "sparse 5% qcow2->qcow2" "$in/sparse.qcow2" qcow2 qcow2 "${vm_tools[@]}" "${q_tools[@]}"
-       bench_case d2 "sparse 5% qcow2->raw" "$in/sparse.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}" ;;
+       bench_case d2 "sparse 5% qcow2->raw" "$in/sparse.qcow2" qcow2 raw "${vm_tools[@]}" "${q_tools[@]}"
+       disk_limit d1 "sparse 5% qcow2->qcow2" "$(data_bytes "$in/sparse.qcow2")" ;;
     e) bench_case e "3-layer chain->qcow2" "$in/top.qcow2" qcow2 qcow2 "${vm_tools[@]}" "${q_tools[@]}" ;;
     g) bench_case g "1 TiB virtual->qcow2" "$in/huge.qcow2" qcow2 qcow2 vmshift "qemu-img" ;;
     *) echo "bench: unknown case $c" >&2; exit 2 ;;
@@ -224,23 +233,25 @@ echo
 echo "vmshift bench ($( [ "$quick" = 1 ] && echo quick || echo full ), $runs runs each, median): $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(df -T "$dir" | awk 'NR==2{print $2" on "$1}'), $(uname -r)"
 echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes runs noisy: compare ratios; 'best' is the fastest run)"
 echo "$drop_note; every run ends with sync of the output; $( [ "$check_all" = 1 ] && echo "every output compared" || echo "every output size-checked, first run of each compared") with qemu-img compare"
-printf '| %-4s | %-22s | %-32s | %8s | %8s | %7s | %6s | %7s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" best "vs best" "RSS MiB" "alloc MiB"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ---------------------------------- ---------: ---------: --------: -------: --------: ----------: -----------:
+printf '| %-4s | %-22s | %-32s | %8s | %8s | %7s | %6s | %7s | %6s | %9s | %10s |\n' case input tool seconds MB/s "vs qemu" best "vs best" "CPU s" "RSS MiB" "alloc MiB"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------------------ ---------------------------------- ---------: ---------: --------: -------: --------: -------: ----------: -----------:
 for row in "${rows[@]}"; do
-  IFS='|' read -r c label tool s data rss a src_alloc <<<"$row"
+  IFS='|' read -r c label tool s data rss a src_alloc cpu <<<"$row"
   base=${med_secs["$c/qemu-img"]} bs=${best_secs["$c/$tool"]} bbase=${best_secs["$c/qemu-img"]}
-  awk -v c="$c" -v l="$label" -v t="$tool" -v s="$s" -v d="$data" -v r="$rss" -v a="$a" -v sa="$src_alloc" -v b="$base" -v bs="$bs" -v bb="$bbase" 'BEGIN{
-    printf "| %-4s | %-22s | %-32s | %8.2f | %8.0f | %6.2fx | %6.2f | %6.2fx | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, bs, bb/bs, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
+  awk -v c="$c" -v l="$label" -v t="$tool" -v s="$s" -v d="$data" -v r="$rss" -v a="$a" -v sa="$src_alloc" -v b="$base" -v bs="$bs" -v bb="$bbase" -v cpu="$cpu" 'BEGIN{
+    printf "| %-4s | %-22s | %-32s | %8.2f | %8.0f | %6.2fx | %6.2f | %6.2fx | %6s | %9s | %10.1f |\n", c, l, t, s, d/s/1e6, b/s, bs, bb/bs, cpu, (r > 0 ? sprintf("%.1f", r/1024) : "-"), a/1048576 }'
 done
 echo
 for c in a b c d1 d2 e; do
   v=${med_secs["$c/vmshift"]:-} n=${med_secs["$c/vmshift --no-verify"]:-}
   [ -n "$v" ] && [ -n "$n" ] && awk -v c="$c" -v v="$v" -v n="$n" 'BEGIN{printf "case %s: verification adds %+.0f%% to the copy (vmshift vs --no-verify)\n", c, (v/n-1)*100}'
+  dv=${med_secs["$c/vmshift --io direct"]:-} dn=${med_secs["$c/vmshift --io direct --no-verify"]:-}
+  [ -n "$dv" ] && [ -n "$dn" ] && awk -v c="$c" -v v="$dv" -v n="$dn" 'BEGIN{printf "case %s: with --io direct, verification (read back from the disk) adds %+.0f%%\n", c, (v/n-1)*100}'
   j=${med_secs["$c/vmshift --no-journal"]:-}
   [ -n "$v" ] && [ -n "$j" ] && awk -v c="$c" -v v="$v" -v j="$j" 'BEGIN{printf "case %s: the journal adds %+.0f%% (vmshift vs --no-journal)\n", c, (v/j-1)*100}'
 done
 for row in "${rows[@]}"; do
-  IFS='|' read -r c label tool s data rss a src_alloc <<<"$row"
+  IFS='|' read -r c label tool s data rss a src_alloc _ <<<"$row"
   [ "$tool" = vmshift ] && case "$c" in d1|d2|e|g) awk -v c="$c" -v a="$a" -v sa="$src_alloc" 'BEGIN{printf "case %s: vmshift target allocation %.1f MiB = %.3fx the source allocation %.1f MiB\n", c, a/1048576, a/sa, sa/1048576}' ;; esac
 done
 echo "bench: took $(( $(date +%s) - started )) s (inputs not counted)"

@@ -22,6 +22,21 @@ pub enum FormatArg {
     Qcow2,
 }
 
+/// How an offline copy does its I/O.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// Through the page cache (early writeback); verification reads the target back from it.
+    #[default]
+    Buffered,
+    /// `O_DIRECT` source reads and target writes where the file systems allow it, like
+    /// `qemu-img convert -t none -T none`: the host's page cache is left to the VMs and the
+    /// copy costs little CPU; verification reads the target back from the disk.
+    Direct,
+}
+
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -153,6 +168,11 @@ pub struct MigrateArgs {
     /// Worker threads for the copy (default: twice the CPUs, 8 to 16: the copy is I/O-bound).
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
+    /// Offline copy I/O: `buffered` (page cache) or `direct` (O_DIRECT, page cache bypassed;
+    /// verification then reads the target back from the disk).
+    #[arg(long, value_enum, default_value_t = IoMode::Buffered)]
+    #[serde(default)]
+    pub io: IoMode,
     /// Print NDJSON events on stdout (human text goes to stderr).
     #[arg(long)]
     pub json: bool,

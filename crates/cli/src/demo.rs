@@ -105,6 +105,7 @@ pub fn run_demo(json: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         overwrite: false,
         force_share: false,
         threads: None,
+        io: Default::default(),
         json,
         report: Some(report.clone()),
         keep_partial: false,

@@ -679,7 +679,11 @@ fn execute(
             .map_or(65536, |h| h.cluster_size()),
         preallocate: plan.preallocate,
         backing,
+        direct: args.io == crate::cli::IoMode::Direct,
     };
+    if spec.direct {
+        report.notes.push("direct I/O (--io direct): source reads and target writes bypassed the page cache where the file systems allow O_DIRECT, and verification read the target back from the disk".into());
+    }
     let mut guard = PartialGuard {
         path: partial.clone(),
         armed: true,
@@ -708,6 +712,7 @@ fn execute(
         target_is_zero: true,
         shallow,
         hash: !args.no_verify && !shallow && skip.is_empty(),
+        direct: spec.direct,
     };
     if let Some(l) = link {
         // Guest bytes of all data chunks, reused ones included: the job's progress total.
@@ -732,7 +737,12 @@ fn execute(
         let r = target
             .reader(spec.virtual_size)
             .map_err(|e| format!("{}: cannot be read back: {e}", partial.display()))?;
-        Some(ReadBack::new(r, reader.virtual_size(), opts.chunk))
+        Some(ReadBack::new(
+            r,
+            reader.virtual_size(),
+            opts.chunk,
+            spec.direct,
+        ))
     } else {
         None
     };
@@ -961,14 +971,21 @@ fn open_partial(spec: &TargetSpec) -> std::result::Result<vmshift_image::TargetI
                         spec.path.display()
                     )
                 })?;
+            let direct = if spec.direct {
+                vmshift_image::target::open_direct_writer(&file)
+            } else {
+                None
+            };
             Ok(vmshift_image::TargetImage::Raw {
                 file,
                 thick: spec.preallocate,
+                direct,
             })
         }
         LayerFormat::Qcow2 => vmshift_image::target::open_qcow2_target(
             &spec.path,
             spec.backing.as_ref().map(|b| &b.2),
+            spec.direct,
         )
         .map_err(|e| e.to_string()),
     }

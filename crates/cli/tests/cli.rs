@@ -278,3 +278,38 @@ fn a_stray_write_into_the_target_mid_copy_fails_verification_and_removes_it() {
     assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
     assert_eq!(std::fs::read(&img).unwrap()[..16 << 20], data[..]);
 }
+
+#[test]
+fn io_direct_copies_verifies_and_says_so() {
+    let ws = Ws::new();
+    let img = ws.path("d.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&img), "40M"]);
+    qemu_io(
+        "qcow2",
+        &img,
+        &[
+            "write -P 0x3c 0 5M",
+            "write -P 0x3d 20M 64k",
+            "write -P 0x3e 39M 1M",
+        ],
+    );
+    let dst = ws.mkdir("dst");
+    let (code, r, out) = ws.migrate(&img, &dst, &["--format", "raw", "--io", "direct"]);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    assert_eq!(r["verification"]["result"], "match");
+    assert_eq!(r["verification"]["method"], "during-copy");
+    assert!(
+        r["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("direct I/O (--io direct)")),
+        "{r}"
+    );
+    let target = std::path::PathBuf::from(r["destination"]["path"].as_str().unwrap());
+    assert_eq!(r["destination"]["format"], "raw");
+    assert_same_image(&img, &target);
+    let (code, _, out) = ws.migrate(&img, &dst, &["--io", "sideways"]);
+    assert_eq!(code, 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--io"), "{}", stderr(&out));
+}

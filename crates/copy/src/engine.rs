@@ -118,6 +118,10 @@ pub struct CopyOptions {
     pub shallow: bool,
     /// Hash the guest view while copying (flattened copies only).
     pub hash: bool,
+    /// Direct I/O: source reads with `O_DIRECT` where possible, and no early writeback (the
+    /// target, opened with `direct` in its [`vmshift_image::target::TargetSpec`], leaves no
+    /// dirty pages behind).
+    pub direct: bool,
 }
 
 /// What a copy did.
@@ -231,8 +235,8 @@ pub fn copy_image_with(
     counters.start_pass(chunk_bytes);
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
-    let fast = FastSource::new(source, crate::io::direct_reads_requested());
-    let writeback = Writeback::new(target);
+    let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested());
+    let writeback = (!opts.direct).then(|| Writeback::new(target));
     for_each_unit(
         &work,
         opts.threads,
@@ -291,7 +295,9 @@ pub fn copy_image_with(
                         ExtentKind::Backing => {}
                     }
                 }
-                writeback.kick(start, buf.len() as u64);
+                if let Some(wb) = &writeback {
+                    wb.kick(start, buf.len() as u64);
+                }
                 let len = buf.len() as u64;
                 // Hash the source bytes before the buffer is reused for the read-back.
                 let chunk_digest = match (&digest, hooks.on_chunk) {

@@ -56,16 +56,16 @@ impl AlignedBuf {
     }
 }
 
-fn aligned(v: u64) -> bool {
+pub(crate) fn aligned(v: u64) -> bool {
     v.is_multiple_of(DIRECT_ALIGN as u64)
 }
 
-fn buf_aligned(buf: &[u8]) -> bool {
+pub(crate) fn buf_aligned(buf: &[u8]) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && buf.len().is_multiple_of(DIRECT_ALIGN)
 }
 
 /// Opens `path` again read-only with `O_DIRECT`; `None` where the file system refuses it.
-fn open_direct(path: &std::path::Path) -> Option<File> {
+pub(crate) fn open_direct(path: &std::path::Path) -> Option<File> {
     rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,

@@ -18,6 +18,8 @@
 
 use crate::digest::{digest_image, SparseDigest, DIGEST_BLOCK};
 use crate::engine::{buf_index, CopyError, Counters};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use vmshift_core::extent::ExtentKind;
@@ -27,6 +29,10 @@ use vmshift_image::ImageReader;
 #[derive(Debug)]
 pub struct ReadBack {
     reader: ImageReader,
+    /// Raw targets written with direct I/O: an `O_DIRECT` descriptor, so chunks are read
+    /// back from the disk, not from the page cache (qcow2 targets opened with direct I/O
+    /// read that way through their image already).
+    direct: Option<File>,
     digest: SparseDigest,
     chunk: u64,
     /// Indices of the chunks read back.
@@ -36,9 +42,21 @@ pub struct ReadBack {
 impl ReadBack {
     /// Reads back through `reader` (from [`vmshift_image::TargetImage::reader`]) a target of
     /// `size` guest bytes copied in `chunk`-byte chunks (a multiple of [`DIGEST_BLOCK`]).
-    pub fn new(reader: ImageReader, size: u64, chunk: u64) -> Self {
+    /// With `direct`, a raw target is read back with `O_DIRECT` where the file system allows.
+    pub fn new(reader: ImageReader, size: u64, chunk: u64, direct: bool) -> Self {
+        let direct = match &reader {
+            ImageReader::Raw { file, .. } if direct => {
+                use std::os::fd::AsRawFd;
+                crate::io::open_direct(std::path::Path::new(&format!(
+                    "/proc/self/fd/{}",
+                    file.as_raw_fd()
+                )))
+            }
+            _ => None,
+        };
         ReadBack {
             reader,
+            direct,
             digest: SparseDigest::new(size),
             chunk,
             done: Mutex::new(Vec::new()),
@@ -52,9 +70,17 @@ impl ReadBack {
     /// [`CopyError::ReadBack`] when the target cannot be read.
     pub fn chunk(&self, index: u64, buf: &mut [u8]) -> Result<(), CopyError> {
         let start = index * self.chunk;
-        self.reader
-            .read_at(buf, start)
-            .map_err(|e| CopyError::read_back(start, e))?;
+        let direct_ok = match &self.direct {
+            Some(f) if crate::io::buf_aligned(buf) && crate::io::aligned(start) => {
+                f.read_exact_at(buf, start).is_ok()
+            }
+            _ => false,
+        };
+        if !direct_ok {
+            self.reader
+                .read_at(buf, start)
+                .map_err(|e| CopyError::read_back(start, e))?;
+        }
         self.digest.add(start, buf);
         self.done
             .lock()

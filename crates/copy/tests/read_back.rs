@@ -76,9 +76,10 @@ fn copy_with_read_back(dir: &Path, src: &ImageReader, format: LayerFormat) -> (P
         cluster_size: 65536,
         preallocate: false,
         backing: None,
+        direct: false,
     })
     .unwrap();
-    let rb = ReadBack::new(target.reader(SIZE).unwrap(), SIZE, CHUNK);
+    let rb = ReadBack::new(target.reader(SIZE).unwrap(), SIZE, CHUNK, false);
     let extents = src.extents(0, SIZE, false).unwrap();
     let opts = CopyOptions {
         threads: 3,
@@ -88,6 +89,7 @@ fn copy_with_read_back(dir: &Path, src: &ImageReader, format: LayerFormat) -> (P
         target_is_zero: true,
         shallow: false,
         hash: true,
+        direct: false,
     };
     let hooks = CopyHooks {
         read_back: Some(&rb),
@@ -222,6 +224,7 @@ fn a_raw_target_reads_back_through_a_second_descriptor() {
         cluster_size: 65536,
         preallocate: false,
         backing: None,
+        direct: false,
     })
     .unwrap();
     target.write_at(&[9u8; 4096], M).unwrap();

@@ -29,6 +29,7 @@ fn opts() -> CopyOptions {
         target_is_zero: false,
         shallow: false,
         hash: true,
+        direct: false,
     }
 }
 
@@ -64,7 +65,11 @@ fn raw_target_full_of_old_data_ends_identical() {
         .write(true)
         .open(&tpath)
         .unwrap();
-    let target = TargetImage::Raw { file, thick: false };
+    let target = TargetImage::Raw {
+        file,
+        thick: false,
+        direct: None,
+    };
     let extents = reader.extents(0, reader.virtual_size(), false).unwrap();
     let counters = Counters::default();
     copy_image(
@@ -104,7 +109,7 @@ fn qcow2_target_full_of_old_data_ends_identical() {
         "write -P 0xee 0 8M",
         tpath.to_str().unwrap(),
     ]);
-    let target = open_qcow2_target(&tpath, None).unwrap();
+    let target = open_qcow2_target(&tpath, None, false).unwrap();
     let extents = reader.extents(0, reader.virtual_size(), false).unwrap();
     copy_image(
         &reader,
@@ -152,7 +157,11 @@ fn a_raised_cancel_flag_stops_before_any_write() {
         .write(true)
         .open(&tpath)
         .unwrap();
-    let target = TargetImage::Raw { file, thick: false };
+    let target = TargetImage::Raw {
+        file,
+        thick: false,
+        direct: None,
+    };
     let extents = reader.extents(0, reader.virtual_size(), false).unwrap();
     let err = copy_image(
         &reader,

@@ -38,17 +38,22 @@ pub enum ImageReader {
     },
 }
 
-/// Opens one layer and everything below it, returning the top.
+/// Opens one layer and everything below it, returning the top. A writable top is opened
+/// with `O_DIRECT` when `direct_top` is set.
 ///
 /// # Errors
 /// [`ImageError`] naming the layer imago could not open.
-pub fn open_chain_imago(chain: &Chain, writable_top: bool) -> Result<ImagoImage, ImageError> {
+pub fn open_chain_imago(
+    chain: &Chain,
+    writable_top: bool,
+    direct_top: bool,
+) -> Result<ImagoImage, ImageError> {
     let mut lower: Option<ImagoImage> = None;
     for (i, layer) in chain.layers.iter().enumerate().rev() {
         let is_top = i == 0;
         let dirty = layer.header.as_ref().is_some_and(|h| h.dirty());
         let storage = if is_top && writable_top {
-            ImageFile::open_writable(&layer.path)
+            ImageFile::open_writable(&layer.path, direct_top)
         } else {
             ImageFile::open_read_only(&layer.path, dirty)
         }
@@ -102,7 +107,7 @@ impl ImageReader {
                 size: top.file_size,
             });
         }
-        let image = open_chain_imago(chain, false)?;
+        let image = open_chain_imago(chain, false, false)?;
         let size = image.size();
         Ok(ImageReader::Imago { image, size })
     }

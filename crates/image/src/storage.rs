@@ -45,16 +45,18 @@ impl ImageFile {
         })
     }
 
-    /// Opens an existing file read-write (targets only).
+    /// Opens an existing file read-write (targets only); with `direct`, with `O_DIRECT`
+    /// (imago aligns requests to what the file system needs).
     ///
     /// # Errors
-    /// The `io::Error` of opening the file.
-    pub fn open_writable(path: &Path) -> io::Result<Self> {
+    /// The `io::Error` of opening the file (`EINVAL` where the file system refuses
+    /// `O_DIRECT`).
+    pub fn open_writable(path: &Path, direct: bool) -> io::Result<Self> {
         let inner = imago::file::File::open(
             StorageOpenOptions::new()
                 .filename(path)
                 .write(true)
-                .direct(false),
+                .direct(direct),
         )?;
         Ok(ImageFile {
             inner,

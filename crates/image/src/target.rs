@@ -25,6 +25,9 @@ pub struct TargetSpec {
     /// qcow2 only: backing reference to record (name, format) and the resolved chain below it,
     /// opened read-only so zero clusters over it stay distinct from unallocated ones.
     pub backing: Option<(String, LayerFormat, Chain)>,
+    /// Write with `O_DIRECT` (bypassing the page cache) where the file system allows it;
+    /// silently buffered where it does not.
+    pub direct: bool,
 }
 
 /// An open target.
@@ -36,6 +39,9 @@ pub enum TargetImage {
         file: File,
         /// Keep the allocation: zero with `FALLOC_FL_ZERO_RANGE`, never punch holes.
         thick: bool,
+        /// A second, `O_DIRECT` descriptor of the file for page-aligned writes (`None`:
+        /// every write is buffered).
+        direct: Option<File>,
     },
     /// A qcow2 image written through imago.
     Qcow2 {
@@ -80,9 +86,11 @@ pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
                 )
                 .map_err(|e| fail(format!("cannot be preallocated: {e}")))?;
             }
+            let direct = spec.direct.then(|| open_direct_writer(&file)).flatten();
             Ok(TargetImage::Raw {
                 file,
                 thick: spec.preallocate,
+                direct,
             })
         }
         LayerFormat::Qcow2 => {
@@ -97,19 +105,54 @@ pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
                     .map(|(name, fmt, _)| (name.clone(), fmt.as_str().to_string())),
             })
             .map_err(fail)?;
-            open_qcow2_target(&spec.path, spec.backing.as_ref().map(|(_, _, c)| c))
+            open_qcow2_target(
+                &spec.path,
+                spec.backing.as_ref().map(|(_, _, c)| c),
+                spec.direct,
+            )
         }
     }
 }
 
-/// Opens an existing qcow2 target writable, attaching `backing` (read-only) when given.
+/// Opens an existing qcow2 target writable, attaching `backing` (read-only) when given;
+/// with `direct`, with `O_DIRECT` where the file system allows it (else buffered).
 ///
 /// # Errors
 /// [`ImageError`] when imago cannot open it.
-pub fn open_qcow2_target(path: &Path, backing: Option<&Chain>) -> Result<TargetImage, ImageError> {
+pub fn open_qcow2_target(
+    path: &Path,
+    backing: Option<&Chain>,
+    direct: bool,
+) -> Result<TargetImage, ImageError> {
     let chain = target_chain(path, LayerFormat::Qcow2, backing)?;
-    let image = open_chain_imago(&chain, true)?;
+    let image = match open_chain_imago(&chain, true, direct) {
+        Err(_) if direct => open_chain_imago(&chain, true, false)?,
+        other => other?,
+    };
     Ok(TargetImage::Qcow2 { image })
+}
+
+/// A second descriptor of `file` opened `O_DIRECT` for writing; `None` where the file system
+/// refuses it. Reopened through `/proc/self/fd`, so it is the same file whatever its name.
+pub fn open_direct_writer(file: &File) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    rustix::fs::open(
+        format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
+    .map(File::from)
+}
+
+/// `O_DIRECT` needs the buffer address, the offset and the length aligned to the logical
+/// block size; the page size covers every block size in use.
+const DIRECT_ALIGN: usize = 4096;
+
+fn direct_aligned(buf: &[u8], offset: u64) -> bool {
+    (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && buf.len().is_multiple_of(DIRECT_ALIGN)
+        && offset.is_multiple_of(DIRECT_ALIGN as u64)
 }
 
 /// The chain of a target for reading it back: the target itself plus, for shallow copies,
@@ -144,6 +187,9 @@ impl TargetImage {
     /// The write error (ENOSPC included).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match self {
+            TargetImage::Raw {
+                direct: Some(d), ..
+            } if direct_aligned(buf, offset) => d.write_all_at(buf, offset),
             TargetImage::Raw { file, .. } => file.write_all_at(buf, offset),
             TargetImage::Qcow2 { image } => image.write(buf, offset),
         }
@@ -155,7 +201,7 @@ impl TargetImage {
     /// The error of the zeroing operation.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         match self {
-            TargetImage::Raw { file, thick } => {
+            TargetImage::Raw { file, thick, .. } => {
                 use rustix::fs::{fallocate, FallocateFlags};
                 let flags = if *thick {
                     FallocateFlags::ZERO_RANGE
