@@ -65,7 +65,7 @@ pub(crate) fn buf_aligned(buf: &[u8]) -> bool {
 }
 
 /// Opens `path` again read-only with `O_DIRECT`; `None` where the file system refuses it.
-pub(crate) fn open_direct(path: &std::path::Path) -> Option<File> {
+fn open_direct(path: &std::path::Path) -> Option<File> {
     rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,
@@ -73,6 +73,15 @@ pub(crate) fn open_direct(path: &std::path::Path) -> Option<File> {
     )
     .ok()
     .map(File::from)
+}
+
+/// Opens the very file `file` is (not its path, which could have been replaced) again,
+/// read-only with `O_DIRECT`; `None` where the file system refuses it.
+pub(crate) fn reopen_direct(file: &File) -> Option<File> {
+    open_direct(std::path::Path::new(&format!(
+        "/proc/self/fd/{}",
+        file.as_raw_fd()
+    )))
 }
 
 /// Reads `buf.len()` bytes at `offset` with `pread` on a direct descriptor.
@@ -96,13 +105,7 @@ impl<'a> FastSource<'a> {
     /// Wraps `reader`. With `direct` false every read takes the reader's buffered path.
     pub fn new(reader: &'a ImageReader, direct: bool) -> Self {
         let raw = match reader {
-            ImageReader::Raw { file, .. } if direct => {
-                // Reopen the very file we hold (not its path, which could have been replaced).
-                open_direct(std::path::Path::new(&format!(
-                    "/proc/self/fd/{}",
-                    file.as_raw_fd()
-                )))
-            }
+            ImageReader::Raw { file, .. } if direct => reopen_direct(file),
             _ => None,
         };
         FastSource {

@@ -1,8 +1,8 @@
 //! Verification while the copy runs: each data chunk is read back from the target right
 //! after its writes returned and hashed into the target's digest, on the worker that wrote
-//! it, while other workers' reads and writes are in flight. The copy is disk-bound, so the
-//! read-back (a page-cache copy and a BLAKE3 pass) mostly uses CPU time the copy leaves idle,
-//! instead of a second pass over the whole target after the fsync.
+//! it, while other workers' reads and writes are in flight, instead of a second pass over the
+//! whole target after the fsync. Buffered copies read the chunk back from the page cache;
+//! direct ones (`--io direct`) from the disk.
 //!
 //! What it proves is what the pass after the fsync proved: the target, read through the
 //! target file, holds the source's guest bytes. [`ReadBack::finish`] closes the two gaps a
@@ -45,13 +45,7 @@ impl ReadBack {
     /// With `direct`, a raw target is read back with `O_DIRECT` where the file system allows.
     pub fn new(reader: ImageReader, size: u64, chunk: u64, direct: bool) -> Self {
         let direct = match &reader {
-            ImageReader::Raw { file, .. } if direct => {
-                use std::os::fd::AsRawFd;
-                crate::io::open_direct(std::path::Path::new(&format!(
-                    "/proc/self/fd/{}",
-                    file.as_raw_fd()
-                )))
-            }
+            ImageReader::Raw { file, .. } if direct => crate::io::reopen_direct(file),
             _ => None,
         };
         ReadBack {
