@@ -180,7 +180,8 @@ impl LiveArgs {
 
 fn connect(sock: &Path) -> Result<Qmp> {
     let mut q = Qmp::connect(sock, Duration::from_secs(5))
-        .with_context(|| format!("cannot talk to QEMU at {}", sock.display()))?;
+        // The QMP error already names its cause; a context chain would print it twice.
+        .map_err(|e| anyhow::anyhow!("cannot talk to QEMU at {}: {e}", sock.display()))?;
     // QEMU's main loop can stall for many seconds under a write-blocking mirror (case C25).
     q.set_timeout(Duration::from_secs(60));
     Ok(q)

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmshift_copy::{
-    copy_image_with, digest_image, first_difference, CopyError, CopyHooks, CopyOptions, Counters,
-    ReadBack,
+    copy_image_with, digest_image_with, first_difference, CopyError, CopyHooks, CopyOptions,
+    Counters, ReadBack,
 };
 use vmshift_core::plan::{decide, DestFacts, Plan, PlanOptions, TargetFormat};
 use vmshift_core::report::{ImageSide, JobError, PhaseTiming, Report};
@@ -682,7 +682,10 @@ fn execute(
         direct: args.io == crate::cli::IoMode::Direct,
     };
     if spec.direct {
-        report.notes.push("direct I/O (--io direct): source reads and target writes bypassed the page cache where the file systems allow O_DIRECT, and verification read the target back from the disk".into());
+        report.notes.push(format!(
+            "direct I/O (--io direct): source reads, target writes{} used O_DIRECT where the file systems allow it, bypassing the page cache (a tmpfs lives in memory either way)",
+            if args.no_verify { "" } else { " and the verification reads" }
+        ));
     }
     let mut guard = PartialGuard {
         path: partial.clone(),
@@ -849,8 +852,16 @@ fn execute(
             Some(d) => d,
             None => {
                 let _p = out.progress("verify-source", counters.clone());
-                digest_image(&reader, src_size, threads, CHUNK, cancel, &counters)
-                    .map_err(|e| e.to_string())?
+                digest_image_with(
+                    &reader,
+                    src_size,
+                    threads,
+                    CHUNK,
+                    spec.direct,
+                    cancel,
+                    &counters,
+                )
+                .map_err(|e| e.to_string())?
             }
         };
         let target_digest = {
@@ -863,7 +874,15 @@ fn execute(
             .into();
             match read_back {
                 Some(rb) => rb.finish(&treader, threads, cancel, &counters),
-                None => digest_image(&treader, src_size, threads, CHUNK, cancel, &counters),
+                None => digest_image_with(
+                    &treader,
+                    src_size,
+                    threads,
+                    CHUNK,
+                    spec.direct,
+                    cancel,
+                    &counters,
+                ),
             }
             .map_err(|e| e.to_string())?
         };

@@ -313,3 +313,30 @@ fn io_direct_copies_verifies_and_says_so() {
     assert_eq!(code, 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("--io"), "{}", stderr(&out));
 }
+
+#[test]
+fn io_direct_keeps_a_shallow_copy_and_its_after_copy_verification_out_of_the_page_cache() {
+    let ws = Ws::new();
+    let src = ws.mkdir("src");
+    let base = src.join("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "32M"]);
+    qemu_io("qcow2", &base, &["write -P 0x41 0 8M"]);
+    let top = overlay(&src, "base.qcow2", "top.qcow2");
+    qemu_io("qcow2", &top, &["write -P 0x42 8M 16M"]);
+    let dst = ws.mkdir("dst");
+    let (code, r, out) = ws.migrate(&top, &dst, &["--keep-backing", "--io", "direct"]);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    assert_eq!(r["verification"]["result"], "match");
+    assert_eq!(r["verification"]["method"], "after-copy");
+    let target = dst.join("top.qcow2");
+    // Measured before anything else reads it: header and tables at most, not the 16 MiB.
+    let cached: u64 = run(
+        "fincore",
+        &["--bytes", "--noheadings", "--output", "RES", p(&target)],
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(cached < 2 << 20, "{cached} bytes of the target cached");
+    assert_same_image(&top, &target);
+}

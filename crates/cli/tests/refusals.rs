@@ -140,3 +140,26 @@ fn bad_usage_exits_2_with_one_line() {
     assert!(stderr(&out).contains("is the source image"));
     assert_eq!(std::fs::read(&src).unwrap(), vec![1u8; 4096]);
 }
+
+#[test]
+fn a_missing_qmp_socket_is_named_once_with_its_cause() {
+    let ws = Ws::new();
+    let sock = ws.path("no-such.sock");
+    let out = ws
+        .vmshift()
+        .args(["migrate", "--qmp", p(&sock), "--to", p(&ws.mkdir("dst"))])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.contains("cannot talk to QEMU"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(p(&sock)), "{line}");
+    assert_eq!(
+        line.matches("No such file or directory").count(),
+        1,
+        "{line}"
+    );
+}

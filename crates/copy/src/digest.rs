@@ -140,6 +140,24 @@ pub fn digest_image(
     cancel: &AtomicBool,
     counters: &Counters,
 ) -> Result<SparseDigest, CopyError> {
+    digest_image_with(reader, size, threads, chunk, false, cancel, counters)
+}
+
+/// [`digest_image`], reading with `O_DIRECT` where possible when `direct` is set (the
+/// image's data does not pass through, nor stay in, the page cache).
+///
+/// # Errors
+/// [`CopyError`] on a read error or cancellation.
+pub fn digest_image_with(
+    reader: &ImageReader,
+    size: u64,
+    threads: usize,
+    chunk: u64,
+    direct: bool,
+    cancel: &AtomicBool,
+    counters: &Counters,
+) -> Result<SparseDigest, CopyError> {
+    let fast = crate::io::FastSource::new(reader, direct);
     let extents: Vec<Extent> = reader
         .extents(0, size, false)
         .map_err(|e| CopyError::read(0, e))?;
@@ -158,7 +176,7 @@ pub fn digest_image(
             return Ok(());
         };
         let start = idx * chunk;
-        crate::engine::fill_chunk(reader, &extents, start, buf)?;
+        crate::engine::fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
         digest.add(start, buf);
         counters.add_done(buf.len() as u64);
         Ok(())

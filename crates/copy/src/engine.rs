@@ -391,7 +391,7 @@ pub fn fill_chunk(
 }
 
 /// [`fill_chunk`] with the data reads done by `read`.
-fn fill_pieces(
+pub(crate) fn fill_pieces(
     extents: &[Extent],
     start: u64,
     buf: &mut [u8],

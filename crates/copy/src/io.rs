@@ -89,6 +89,32 @@ fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
 }
 
+/// Reads `buf` at `offset`: its block-aligned head with `pread` on the `O_DIRECT` descriptor
+/// `direct`, the odd tail (and everything, when the head is not aligned or the direct read
+/// fails) with `fallback`.
+///
+/// # Errors
+/// The error of `fallback`.
+pub(crate) fn read_direct_head(
+    direct: &File,
+    buf: &mut [u8],
+    offset: u64,
+    fallback: impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let head = buf.len() - buf.len() % DIRECT_ALIGN;
+    let ok = head > 0
+        && aligned(offset)
+        && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && pread_exact(direct, &mut buf[..head], offset).is_ok();
+    if !ok {
+        return fallback(buf, offset);
+    }
+    if head < buf.len() {
+        fallback(&mut buf[head..], offset + head as u64)?;
+    }
+    Ok(())
+}
+
 /// Source reads for the copy engine: `O_DIRECT` where possible (no page-cache copy, no
 /// readahead limit, many requests in flight from the workers), else the reader's own path.
 #[derive(Debug)]
@@ -130,16 +156,17 @@ impl<'a> FastSource<'a> {
     /// # Errors
     /// The read error of the path taken.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if !self.enabled || !buf_aligned(buf) || !aligned(offset) {
+        if !self.enabled {
             return self.reader.read_at(buf, offset);
         }
         match self.reader {
             // Any failure of the direct path (a short file, an odd file system) is retried on
-            // the plain path, whose error is the one reported.
+            // the plain path, whose error is the one reported; an odd tail takes it too.
             ImageReader::Raw { .. } => match &self.raw {
-                Some(f) if pread_exact(f, buf, offset).is_ok() => Ok(()),
-                _ => self.reader.read_at(buf, offset),
+                Some(f) => read_direct_head(f, buf, offset, |b, o| self.reader.read_at(b, o)),
+                None => self.reader.read_at(buf, offset),
             },
+            _ if !buf_aligned(buf) || !aligned(offset) => self.reader.read_at(buf, offset),
             ImageReader::Imago { image, .. } => {
                 let mut pos = 0usize;
                 while pos < buf.len() {

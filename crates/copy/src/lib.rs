@@ -16,7 +16,9 @@ pub mod readback;
 pub mod throttle;
 pub mod zero;
 
-pub use digest::{chunk_digest, digest_image, first_difference, SparseDigest, DIGEST_BLOCK};
+pub use digest::{
+    chunk_digest, digest_image, digest_image_with, first_difference, SparseDigest, DIGEST_BLOCK,
+};
 pub use engine::{
     copy_image, copy_image_with, default_threads, ChunkDone, CopyError, CopyHooks, CopyOptions,
     CopyStats, Counters,

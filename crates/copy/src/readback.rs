@@ -16,10 +16,9 @@
 //! A chunk is never written again after it is read back: work units are disjoint
 //! ([`crate::plan::plan_units`]).
 
-use crate::digest::{digest_image, SparseDigest, DIGEST_BLOCK};
+use crate::digest::{digest_image_with, SparseDigest, DIGEST_BLOCK};
 use crate::engine::{buf_index, CopyError, Counters};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use vmshift_core::extent::ExtentKind;
@@ -33,6 +32,8 @@ pub struct ReadBack {
     /// back from the disk, not from the page cache (qcow2 targets opened with direct I/O
     /// read that way through their image already).
     direct: Option<File>,
+    /// Direct I/O was asked for: a full re-read in [`ReadBack::finish`] uses it too.
+    direct_io: bool,
     digest: SparseDigest,
     chunk: u64,
     /// Indices of the chunks read back.
@@ -44,6 +45,7 @@ impl ReadBack {
     /// `size` guest bytes copied in `chunk`-byte chunks (a multiple of [`DIGEST_BLOCK`]).
     /// With `direct`, a raw target is read back with `O_DIRECT` where the file system allows.
     pub fn new(reader: ImageReader, size: u64, chunk: u64, direct: bool) -> Self {
+        let direct_io = direct;
         let direct = match &reader {
             ImageReader::Raw { file, .. } if direct => crate::io::reopen_direct(file),
             _ => None,
@@ -51,6 +53,7 @@ impl ReadBack {
         ReadBack {
             reader,
             direct,
+            direct_io,
             digest: SparseDigest::new(size),
             chunk,
             done: Mutex::new(Vec::new()),
@@ -64,17 +67,11 @@ impl ReadBack {
     /// [`CopyError::ReadBack`] when the target cannot be read.
     pub fn chunk(&self, index: u64, buf: &mut [u8]) -> Result<(), CopyError> {
         let start = index * self.chunk;
-        let direct_ok = match &self.direct {
-            Some(f) if crate::io::buf_aligned(buf) && crate::io::aligned(start) => {
-                f.read_exact_at(buf, start).is_ok()
-            }
-            _ => false,
-        };
-        if !direct_ok {
-            self.reader
-                .read_at(buf, start)
-                .map_err(|e| CopyError::read_back(start, e))?;
+        match &self.direct {
+            Some(f) => crate::io::read_direct_head(f, buf, start, |b, o| self.reader.read_at(b, o)),
+            None => self.reader.read_at(buf, start),
         }
+        .map_err(|e| CopyError::read_back(start, e))?;
         self.digest.add(start, buf);
         self.done
             .lock()
@@ -110,7 +107,15 @@ impl ReadBack {
                 tracing::warn!(
                     "the target's mapping on disk differs from the writer's at guest offset {at:#x}: reading the whole target again"
                 );
-                return digest_image(fresh, size, threads, self.chunk, cancel, counters);
+                return digest_image_with(
+                    fresh,
+                    size,
+                    threads,
+                    self.chunk,
+                    self.direct_io,
+                    cancel,
+                    counters,
+                );
             }
         }
         let extents = fresh

@@ -12,8 +12,9 @@ use vmshift_image::target::{create_target, TargetSpec};
 use vmshift_image::{resolve_chain, ImageReader};
 
 const M: u64 = 1 << 20;
-/// Not a multiple of 4 KiB: the last bytes cannot be written with `O_DIRECT`.
-const SIZE: u64 = 16 * M + 1000;
+/// Not a multiple of 4 KiB: the last 1000 bytes cannot be written with `O_DIRECT`, the 2 MiB
+/// before them in the same (last) chunk can.
+const SIZE: u64 = 14 * M + 1000;
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -44,12 +45,11 @@ fn cached(path: &Path) -> u64 {
     .unwrap()
 }
 
-/// A raw source of `SIZE` bytes: 12 MiB of patterned data, a hole, and a last byte.
+/// A raw source of `SIZE` bytes: patterned data up to the last byte, with a hole at 6–8 MiB.
 fn source(dir: &Path) -> PathBuf {
     let p = dir.join("src.raw");
-    let mut data: Vec<u8> = (0..12 * M).map(|i| (i % 251) as u8 + 1).collect();
-    data.resize(usize::try_from(SIZE).unwrap(), 0);
-    *data.last_mut().unwrap() = 0x7e;
+    let mut data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8 + 1).collect();
+    data[usize::try_from(6 * M).unwrap()..usize::try_from(8 * M).unwrap()].fill(0);
     std::fs::write(&p, &data).unwrap();
     p
 }

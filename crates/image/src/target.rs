@@ -149,9 +149,11 @@ pub fn open_direct_writer(file: &File) -> Option<File> {
 /// block size; the page size covers every block size in use.
 const DIRECT_ALIGN: usize = 4096;
 
+/// Whether `buf` at `offset` has at least one block to write with `O_DIRECT` (its length
+/// need not be aligned: the tail is written buffered).
 fn direct_aligned(buf: &[u8], offset: u64) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-        && buf.len().is_multiple_of(DIRECT_ALIGN)
+        && buf.len() >= DIRECT_ALIGN
         && offset.is_multiple_of(DIRECT_ALIGN as u64)
 }
 
@@ -188,8 +190,16 @@ impl TargetImage {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match self {
             TargetImage::Raw {
-                direct: Some(d), ..
-            } if direct_aligned(buf, offset) => d.write_all_at(buf, offset),
+                file,
+                direct: Some(d),
+                ..
+            } if direct_aligned(buf, offset) => {
+                // The block-aligned head goes around the page cache; an odd tail (the end
+                // of an image whose size is not a multiple of 4 KiB) through it.
+                let head = buf.len() - buf.len() % DIRECT_ALIGN;
+                d.write_all_at(&buf[..head], offset)?;
+                file.write_all_at(&buf[head..], offset + head as u64)
+            }
             TargetImage::Raw { file, .. } => file.write_all_at(buf, offset),
             TargetImage::Qcow2 { image } => image.write(buf, offset),
         }
