@@ -848,20 +848,14 @@ fn execute(
         let tchain = target_chain(&partial, target_format, spec.backing.as_ref().map(|b| &b.2))
             .map_err(|e| e.to_string())?;
         let treader = ImageReader::open(&tchain).map_err(|e| e.to_string())?;
+        let digest = |r: &ImageReader| {
+            digest_image_with(r, src_size, threads, CHUNK, spec.direct, cancel, &counters)
+        };
         let source_digest = match stats.source_digest {
             Some(d) => d,
             None => {
                 let _p = out.progress("verify-source", counters.clone());
-                digest_image_with(
-                    &reader,
-                    src_size,
-                    threads,
-                    CHUNK,
-                    spec.direct,
-                    cancel,
-                    &counters,
-                )
-                .map_err(|e| e.to_string())?
+                digest(&reader).map_err(|e| e.to_string())?
             }
         };
         let target_digest = {
@@ -874,15 +868,7 @@ fn execute(
             .into();
             match read_back {
                 Some(rb) => rb.finish(&treader, threads, cancel, &counters),
-                None => digest_image_with(
-                    &treader,
-                    src_size,
-                    threads,
-                    CHUNK,
-                    spec.direct,
-                    cancel,
-                    &counters,
-                ),
+                None => digest(&treader),
             }
             .map_err(|e| e.to_string())?
         };

@@ -1,25 +1,13 @@
 //! The content digest over real images: equal for the same guest view whatever the format
 //! and allocation, and a difference is located to the byte.
 
-use std::process::Command;
+mod common;
+use common::*;
+
 use std::sync::atomic::AtomicBool;
 use vmshift_copy::{digest_image, first_difference, Counters};
-use vmshift_image::{resolve_chain, ChainOptions, ImageReader};
 
 const M: u64 = 1 << 20;
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn open(p: &std::path::Path) -> ImageReader {
-    ImageReader::open(&resolve_chain(p, &ChainOptions::default()).unwrap()).unwrap()
-}
 
 #[test]
 fn same_content_in_sparse_qcow2_and_dense_raw_has_one_digest_and_a_change_is_located() {

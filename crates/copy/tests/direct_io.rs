@@ -3,31 +3,34 @@
 //! and the target still holds exactly the source's guest view, for raw and qcow2 targets,
 //! with an unaligned tail that has to go through the buffered path.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use vmshift_copy::{copy_image_with, digest_image, CopyHooks, CopyOptions, Counters, ReadBack};
-use vmshift_image::chain::{ChainOptions, LayerFormat};
+use vmshift_image::chain::LayerFormat;
 use vmshift_image::target::{create_target, TargetSpec};
-use vmshift_image::{resolve_chain, ImageReader};
+use vmshift_image::ImageReader;
 
 const M: u64 = 1 << 20;
 /// Not a multiple of 4 KiB: the last 1000 bytes cannot be written with `O_DIRECT`, the 2 MiB
 /// before them in the same (last) chunk can.
 const SIZE: u64 = 14 * M + 1000;
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn open(p: &Path) -> ImageReader {
-    ImageReader::open(&resolve_chain(p, &ChainOptions::default()).unwrap()).unwrap()
+/// The digest of the whole guest view of `r`, read through the page cache.
+fn digest(r: &ImageReader) -> String {
+    digest_image(
+        r,
+        SIZE,
+        2,
+        4 * M,
+        &AtomicBool::new(false),
+        &Counters::default(),
+    )
+    .unwrap()
+    .hex()
 }
 
 /// Bytes of `path` in the page cache.
@@ -114,31 +117,12 @@ fn direct_copies_bypass_the_page_cache_and_stay_identical() {
     let dir = tempfile::tempdir_in(base).unwrap();
     let src_path = source(dir.path());
     let src = open(&src_path);
-    let want = digest_image(
-        &src,
-        SIZE,
-        2,
-        4 * M,
-        &AtomicBool::new(false),
-        &Counters::default(),
-    )
-    .unwrap()
-    .hex();
+    let want = digest(&src);
     for format in [LayerFormat::Raw, LayerFormat::Qcow2] {
         let (buffered, _) = copy(dir.path(), &src, format, false);
         let (direct, _) = copy(dir.path(), &src, format, true);
         for t in [&buffered, &direct] {
-            let fresh = open(t);
-            let d = digest_image(
-                &fresh,
-                SIZE,
-                2,
-                4 * M,
-                &AtomicBool::new(false),
-                &Counters::default(),
-            )
-            .unwrap();
-            assert_eq!(d.hex(), want, "{t:?}");
+            assert_eq!(digest(&open(t)), want, "{t:?}");
         }
         let out = Command::new("qemu-img")
             .args(["compare", "-f", "raw", "-F", format.as_str()])

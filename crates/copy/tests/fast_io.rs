@@ -2,24 +2,13 @@
 //! chains) returns exactly what the plain reader returns, aligned or not, across layers,
 //! zero clusters and an odd-sized raw file's tail.
 
-use std::process::Command;
+mod common;
+use common::*;
+
 use vmshift_copy::io::{AlignedBuf, FastSource};
-use vmshift_image::{resolve_chain, ChainOptions, ImageReader};
+use vmshift_image::ImageReader;
 
 const M: usize = 1 << 20;
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn open(p: &std::path::Path) -> ImageReader {
-    ImageReader::open(&resolve_chain(p, &ChainOptions::default()).unwrap()).unwrap()
-}
 
 /// Every (offset, len) window read through the fast path equals the plain read.
 fn assert_same_reads(reader: &ImageReader, size: u64) {

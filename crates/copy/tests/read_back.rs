@@ -3,31 +3,20 @@
 //! outside the chunks after they were read back is still caught; and a qcow2 whose mapping
 //! on disk differs from the reader's is digested again in full.
 
+mod common;
+use common::*;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use vmshift_copy::{copy_image_with, digest_image, CopyHooks, CopyOptions, Counters, ReadBack};
-use vmshift_image::chain::{ChainOptions, LayerFormat};
+use vmshift_image::chain::LayerFormat;
 use vmshift_image::target::{create_target, TargetSpec};
-use vmshift_image::{resolve_chain, ImageReader, TargetImage};
+use vmshift_image::{ImageReader, TargetImage};
 
 const M: u64 = 1 << 20;
 const SIZE: u64 = 24 * M;
 const CHUNK: u64 = 2 * M;
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn open(p: &Path) -> ImageReader {
-    ImageReader::open(&resolve_chain(p, &ChainOptions::default()).unwrap()).unwrap()
-}
 
 /// A 24 MiB qcow2 with data in three places, one of them across a chunk boundary, and a
 /// zeroed range inside data.
@@ -157,15 +146,9 @@ fn data_written_outside_the_chunks_read_back_is_caught() {
     assert_ne!(finish(rb, &path), want);
 }
 
-#[test]
-fn a_mapping_that_differs_on_disk_falls_back_to_a_full_re_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let src_path = source(dir.path());
-    let src = open(&src_path);
-    let want = digest(&src);
-    let (path, rb) = copy_with_read_back(dir.path(), &src, LayerFormat::Qcow2);
-    // Same guest content, other layout: rewrite the target with qemu-img (clusters move).
-    let other = dir.path().join("other.qcow2");
+/// Writes `src`'s guest view to a new qcow2 `dst` with 4 KiB clusters (so every cluster
+/// sits elsewhere than in a 64 KiB-cluster copy); returns `dst`.
+fn relayout(src: &Path, dst: &Path) -> PathBuf {
     run(&[
         "qemu-img",
         "convert",
@@ -175,9 +158,21 @@ fn a_mapping_that_differs_on_disk_falls_back_to_a_full_re_read() {
         "qcow2",
         "-o",
         "cluster_size=4096",
-        src_path.to_str().unwrap(),
-        other.to_str().unwrap(),
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
     ]);
+    dst.to_path_buf()
+}
+
+#[test]
+fn a_mapping_that_differs_on_disk_falls_back_to_a_full_re_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = source(dir.path());
+    let src = open(&src_path);
+    let want = digest(&src);
+    let (path, rb) = copy_with_read_back(dir.path(), &src, LayerFormat::Qcow2);
+    // Same guest content, other layout: rewrite the target with qemu-img (clusters move).
+    let other = relayout(&src_path, &dir.path().join("other.qcow2"));
     std::fs::rename(&other, &path).unwrap();
     assert_eq!(
         finish(rb, &path),
@@ -188,19 +183,7 @@ fn a_mapping_that_differs_on_disk_falls_back_to_a_full_re_read() {
     // And when the content on disk differs too, inside a chunk that was read back (so only
     // the full re-read can see it), it shows.
     let (path, rb) = copy_with_read_back(dir.path(), &src, LayerFormat::Qcow2);
-    let other = dir.path().join("other2.qcow2");
-    run(&[
-        "qemu-img",
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        src_path.to_str().unwrap(),
-        other.to_str().unwrap(),
-    ]);
+    let other = relayout(&src_path, &dir.path().join("other2.qcow2"));
     run(&[
         "qemu-io",
         "-f",

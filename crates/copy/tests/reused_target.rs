@@ -1,6 +1,9 @@
 //! The engine never assumes a reused target reads as zeroes: holes and zero ranges of the
 //! source are written as zeroes over old data (case C24's risk in our own copy path).
 
+mod common;
+use common::*;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -10,15 +13,6 @@ use vmshift_image::target::open_qcow2_target;
 use vmshift_image::{resolve_chain, ImageReader, TargetImage};
 
 const M: u64 = 1 << 20;
-
-fn qemu(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn opts() -> CopyOptions {
     CopyOptions {
@@ -38,7 +32,7 @@ fn sparse_source(dir: &Path) -> ImageReader {
     let f = std::fs::File::create(&src).unwrap();
     f.set_len(8 * M).unwrap();
     drop(f);
-    qemu(&[
+    run(&[
         "qemu-io",
         "-f",
         "raw",
@@ -92,7 +86,7 @@ fn qcow2_target_full_of_old_data_ends_identical() {
     let dir = tempfile::tempdir().unwrap();
     let reader = sparse_source(dir.path());
     let tpath = dir.path().join("t.qcow2");
-    qemu(&[
+    run(&[
         "qemu-img",
         "create",
         "-q",
@@ -101,7 +95,7 @@ fn qcow2_target_full_of_old_data_ends_identical() {
         tpath.to_str().unwrap(),
         "8M",
     ]);
-    qemu(&[
+    run(&[
         "qemu-io",
         "-f",
         "qcow2",
