@@ -169,8 +169,9 @@ pub struct MigrateArgs {
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Offline copy I/O: `buffered` (page cache) or `direct` (O_DIRECT, page cache bypassed;
-    /// verification then reads the target back from the disk).
-    #[arg(long, value_enum, default_value_t = IoMode::Buffered)]
+    /// verification then reads the target back from the disk). Not with --qmp: a live copy
+    /// uses the cache mode QEMU has for the disk.
+    #[arg(long, value_enum, default_value_t = IoMode::Buffered, conflicts_with = "qmp")]
     #[serde(default)]
     pub io: IoMode,
     /// Print NDJSON events on stdout (human text goes to stderr).

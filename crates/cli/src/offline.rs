@@ -683,8 +683,12 @@ fn execute(
     };
     if spec.direct {
         report.notes.push(format!(
-            "direct I/O (--io direct): source reads, target writes{} used O_DIRECT where the file systems allow it, bypassing the page cache (a tmpfs lives in memory either way)",
-            if args.no_verify { "" } else { " and the verification reads" }
+            "direct I/O (--io direct): {} used O_DIRECT where the file systems allow it, bypassing the page cache (a tmpfs lives in memory either way)",
+            if args.no_verify {
+                "source reads and target writes"
+            } else {
+                "source reads, target writes and the verification reads"
+            }
         ));
     }
     let mut guard = PartialGuard {

@@ -14,7 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use vmshift_copy::engine::fill_chunk;
+use vmshift_copy::engine::fill_chunk_fast;
+use vmshift_copy::io::{AlignedBuf, FastSource};
 use vmshift_copy::{chunk_digest, engine::buf_index};
 use vmshift_image::chain::{resolve_chain, ChainOptions, LayerFormat};
 use vmshift_image::target::target_chain;
@@ -198,10 +199,17 @@ pub fn run_resume(
         };
         let tchain = target_chain(&partial, tformat, None).map_err(|e| anyhow!("{e}"))?;
         let treader = ImageReader::open(&tchain).map_err(|e| anyhow!("{e}"))?;
+        // Under --io direct the sample stays out of the page cache too.
+        let direct = args.io == crate::cli::IoMode::Direct;
+        let (src_io, target_io) = (
+            FastSource::new(&reader, direct),
+            FastSource::new(&treader, direct),
+        );
         for rec in sample(&chunks) {
-            let mut buf = vec![0u8; buf_index(rec.len)];
-            fill_chunk(&reader, &extents, rec.offset, &mut buf).map_err(|e| anyhow!("{e}"))?;
-            if chunk_digest(rec.offset, &buf) != rec.digest {
+            let mut aligned = AlignedBuf::new(buf_index(rec.len));
+            let buf = aligned.as_mut_slice();
+            fill_chunk_fast(&src_io, &extents, rec.offset, buf).map_err(|e| anyhow!("{e}"))?;
+            if chunk_digest(rec.offset, buf) != rec.digest {
                 return refuse(format!(
                     "the source {} differs from what the job copied at guest offset {:#x}: start a new migration (`vmshift cancel {}` removes the partial target)",
                     args.source.display(),
@@ -210,8 +218,8 @@ pub fn run_resume(
                 ));
             }
             buf.fill(0);
-            if treader.read_at(&mut buf, rec.offset).is_err()
-                || chunk_digest(rec.offset, &buf) != rec.digest
+            if target_io.read_at(buf, rec.offset).is_err()
+                || chunk_digest(rec.offset, buf) != rec.digest
             {
                 return refuse(format!(
                     "{} is not the partial target this job wrote (guest offset {:#x} differs): move it away and resume again to copy everything anew",
@@ -294,9 +302,18 @@ fn finish_renamed(
     let never = AtomicBool::new(false);
     let counters = vmshift_copy::Counters::default();
     let digest = |r: &ImageReader| {
-        vmshift_copy::digest_image(r, size, 2, crate::offline::CHUNK, &never, &counters)
-            .map(|d| d.hex())
-            .map_err(|e| anyhow!("{e}"))
+        let direct = args.io == crate::cli::IoMode::Direct;
+        vmshift_copy::digest_image_with(
+            r,
+            size,
+            2,
+            crate::offline::CHUNK,
+            direct,
+            &never,
+            &counters,
+        )
+        .map(|d| d.hex())
+        .map_err(|e| anyhow!("{e}"))
     };
     let (a, b) = (digest(&reader)?, digest(&treader)?);
     if a != b || treader.virtual_size() < size {

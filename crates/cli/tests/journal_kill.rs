@@ -325,3 +325,50 @@ fn kill_after_the_rename_before_success_is_recorded_is_finished_by_resume() {
     assert_eq!(journal(&ws).job(&id).unwrap().status, "succeeded");
     assert_same_image(&src, &dst.join("d.raw"));
 }
+
+#[test]
+fn a_killed_direct_io_job_resumes_without_filling_the_page_cache() {
+    if !is_root() {
+        eprintln!("needs root to drop the page cache; skipped");
+        return;
+    }
+    let ws = Ws::new();
+    let src = dense_source(&ws);
+    let dst = ws.mkdir("dst");
+    let mut child = spawn_migrate(
+        &ws,
+        &src,
+        &dst,
+        &["--io", "direct"],
+        &[("VMSHIFT_TEST_SIGKILL_AT", "checkpoint:2")],
+    );
+    let (id, _o) = wait_copy_started(&mut child);
+    child.wait().unwrap();
+    let cached = |p: &Path| -> u64 {
+        run(
+            "fincore",
+            &[
+                "--bytes",
+                "--noheadings",
+                "--output",
+                "RES",
+                p.to_str().unwrap(),
+            ],
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    // Drop what the dead job and the test left cached, then resume: the sample check, the
+    // copy and the whole-image verification all read with O_DIRECT.
+    run("sync", &[]);
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    let (code, r, out) = resume(&ws, &id);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    assert!(r["bytes_reused"].as_u64().unwrap() >= 64 * M, "{r}");
+    assert_eq!(r["verification"]["method"], "after-copy");
+    let target = dst.join("d.raw");
+    let (t, s) = (cached(&target), cached(&src));
+    assert!(t < 4 * M && s < 4 * M, "cached: target {t}, source {s}");
+    assert_same_image(&src, &target);
+}

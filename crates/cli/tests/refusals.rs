@@ -142,6 +142,26 @@ fn bad_usage_exits_2_with_one_line() {
 }
 
 #[test]
+fn io_direct_is_refused_for_a_live_copy() {
+    let ws = Ws::new();
+    let out = ws
+        .vmshift()
+        .args([
+            "migrate",
+            "--qmp",
+            "/tmp/x.sock",
+            "--to",
+            "/tmp",
+            "--io",
+            "direct",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--io"), "{}", stderr(&out));
+}
+
+#[test]
 fn a_missing_qmp_socket_is_named_once_with_its_cause() {
     let ws = Ws::new();
     let sock = ws.path("no-such.sock");

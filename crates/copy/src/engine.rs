@@ -390,6 +390,20 @@ pub fn fill_chunk(
     fill_pieces(extents, start, buf, |dst, off| source.read_at(dst, off))
 }
 
+/// [`fill_chunk`] reading through `source` (`O_DIRECT` where it was enabled and `buf` is
+/// page-aligned, e.g. an [`crate::io::AlignedBuf`]).
+///
+/// # Errors
+/// [`CopyError::Read`] with the offset of the failed read.
+pub fn fill_chunk_fast(
+    source: &FastSource<'_>,
+    extents: &[Extent],
+    start: u64,
+    buf: &mut [u8],
+) -> Result<Vec<Extent>, CopyError> {
+    fill_pieces(extents, start, buf, |dst, off| source.read_at(dst, off))
+}
+
 /// [`fill_chunk`] with the data reads done by `read`.
 pub(crate) fn fill_pieces(
     extents: &[Extent],
