@@ -5,10 +5,11 @@
 //! `O_DIRECT`, or a request is not aligned, or a cluster is compressed, the read goes through
 //! [`ImageReader::read_at`] as before. The data read is the same either way.
 //!
-//! `O_DIRECT` source reads are opt-in ([`DIRECT_READS_ENV`]): on the virtio disk the engine is
-//! benchmarked on (`scripts/bench.sh`), buffered reads with the kernel's readahead and 8
-//! workers were faster (about 1.5 s against 2.3 s for 2 GiB raw→raw, best of 5; raw and
-//! qcow2 sources alike). Disks differ: measure before turning it on.
+//! `O_DIRECT` is opt-in: `--io direct` ([`crate::engine::CopyOptions::direct`]) for source
+//! reads, target writes and verification reads together, or [`DIRECT_READS_ENV`] for source
+//! reads alone. Buffered stays the default: on the virtio disk the engine is benchmarked on
+//! (`scripts/bench.sh`) a verified buffered copy was faster, while direct I/O used a fifth
+//! of the CPU and left the page cache alone (README, "Performance"). Disks differ: measure.
 
 use rustix::fs::{Mode, OFlags};
 use std::collections::HashMap;
