@@ -845,6 +845,7 @@ fn execute(
     if args.no_verify {
         report.verification.algorithm = vmshift_copy::digest::ALGORITHM.into();
         report.verification.result = "skipped".into();
+        report.verification.method = "none".into();
         report.warnings.push(
             "verification was skipped (--no-verify): the copy is not proven identical".into(),
         );

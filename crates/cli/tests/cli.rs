@@ -162,6 +162,7 @@ fn no_verify_is_reported_and_delete_source_removes_a_verified_source() {
     let (code, r, _) = ws.migrate(&img, &ws.mkdir("a"), &["--no-verify"]);
     assert_eq!(code, 0);
     assert_eq!(r["verification"]["result"], "skipped");
+    assert_eq!(r["verification"]["method"], "none");
     assert!(r["warnings"].to_string().contains("--no-verify"));
     let (code, _, out) = ws.migrate(&img, &ws.mkdir("b"), &["--no-verify", "--delete-source"]);
     assert_eq!(code, 2, "deleting an unverified source must be refused");

@@ -53,7 +53,8 @@ pub struct Verification {
     /// How the target was read: `during-copy` (each chunk read back from the target file
     /// as it was written; after the fsync the target's mapping on disk and any data outside
     /// those chunks are checked through a fresh reader), `after-copy` (the synced target
-    /// read in full), or empty when skipped or live.
+    /// read in full), `none` when skipped (`--no-verify`), or empty for live jobs (whose
+    /// `algorithm` is `qemu-mirror`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method: String,
 }
@@ -266,6 +267,9 @@ impl Report {
                 v.source_digest, v.destination_digest
             );
         }
+        if matches!(v.method.as_str(), "during-copy" | "after-copy") {
+            let _ = writeln!(md, "\nTarget read back {}.", v.method.replace('-', " "));
+        }
         if let Some(off) = v.first_mismatch_offset {
             let _ = writeln!(md, "\nFirst difference at guest offset {off:#x}.");
         }
@@ -351,6 +355,15 @@ mod tests {
         assert_eq!(v["kind"], "offline");
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn markdown_says_when_the_target_was_read_back() {
+        let mut r = Report::new("j", JobKind::Offline, "2026-01-01T00:00:00Z");
+        r.verification.method = "during-copy".into();
+        assert!(r.to_markdown().contains("Target read back during copy."));
+        r.verification.method = "none".into();
+        assert!(!r.to_markdown().contains("read back"));
     }
 
     #[test]
