@@ -25,16 +25,26 @@ use vmshift_image::{create_target, inspect, ImageReader, InspectOptions, TargetS
 /// Exit status of a job: 0 succeeded, 1 failed after starting, 2 refused.
 pub type ExitCode = i32;
 
-/// Chunk size of the copy engine and the digest passes, bytes.
+/// Chunk size of the digest passes, and of copies with direct I/O, bytes.
 pub const CHUNK: u64 = 8 << 20;
 
-/// Chunk size for a copy limited to `bwlimit` bytes/s: about a quarter second of data, so
-/// the limit holds within a short window (1–8 MiB, whole MiB).
-pub fn copy_chunk(bwlimit: u64) -> u64 {
+/// Chunk size of buffered copies, bytes. Each chunk's buffer is read into, zero-checked,
+/// written, hashed and read back into: at 2 MiB the workers' buffers stay in the CPU's
+/// caches between those steps (tmpfs, 2 GiB raw→raw, 5 runs each: 1.02 s and 1.2
+/// CPU-seconds against 1.13 s and 1.45 at 8 MiB; verified 1.33 s against 1.52 s). Direct
+/// I/O keeps 8 MiB requests: the disk, not the CPU, is its limit (2.26 s against 2.59 s).
+pub const BUFFERED_CHUNK: u64 = 2 << 20;
+
+/// Chunk size of a new copy: [`BUFFERED_CHUNK`] or, with `direct`, [`CHUNK`]; limited to
+/// `bwlimit` bytes/s, about a quarter second of data, so the limit holds within a short
+/// window (1 MiB up to that size, whole MiB). A resumed job keeps the chunk size its journal
+/// recorded: its chunk indices depend on it.
+pub fn copy_chunk(bwlimit: u64, direct: bool) -> u64 {
+    let base = if direct { CHUNK } else { BUFFERED_CHUNK };
     if bwlimit == 0 {
-        CHUNK
+        base
     } else {
-        (bwlimit / 4).clamp(1 << 20, CHUNK) >> 20 << 20
+        (bwlimit / 4).clamp(1 << 20, base) >> 20 << 20
     }
 }
 
@@ -364,6 +374,8 @@ pub struct Resuming {
     pub partial_credit: u64,
     /// Notes for the report (what was proven, what restarted).
     pub notes: Vec<String>,
+    /// The chunk size the job's journal recorded, bytes (0: none recorded).
+    pub chunk_size: u64,
 }
 
 /// The source facts recorded when a job starts, to prove on resume that it has not changed.
@@ -445,7 +457,10 @@ pub fn run_job(
                 facts: c.chain.as_ref().map_or(serde_json::Value::Null, |ch| {
                     source_facts(ch, c.plan.crash_consistent)
                 }),
-                chunk_size: copy_chunk(args.bwlimit.unwrap_or(0)),
+                chunk_size: copy_chunk(
+                    args.bwlimit.unwrap_or(0),
+                    args.io == crate::cli::IoMode::Direct,
+                ),
                 total_bytes: 0,
             };
             j.create_job(&new).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -708,7 +723,10 @@ fn execute(
     let counters = Arc::new(Counters::default());
     let opts = CopyOptions {
         threads,
-        chunk: copy_chunk(args.bwlimit.unwrap_or(0)),
+        chunk: resuming
+            .map(|r| r.chunk_size)
+            .filter(|&c| c > 0)
+            .unwrap_or_else(|| copy_chunk(args.bwlimit.unwrap_or(0), spec.direct)),
         bwlimit: args.bwlimit.unwrap_or(0),
         zero_granularity: match target_format {
             LayerFormat::Raw => 4096,

@@ -271,6 +271,7 @@ pub fn run_resume(
             reuse_partial: reuse,
             partial_credit,
             notes,
+            chunk_size: job.chunk_size,
         }),
     )
 }

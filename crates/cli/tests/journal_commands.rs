@@ -303,14 +303,15 @@ fn resume_refuses_a_partial_target_it_did_not_write() {
     let dst = ws.mkdir("dst");
     let id = interrupted(&ws, &src, &dst);
     let partial = dst.join("big.raw.vmshift-partial");
-    // Someone else's bytes at the start of every 8 MiB chunk: whichever chunks the journal
-    // recorded (parallel workers finish them in any order), the sample re-reads one of them.
+    // Someone else's bytes at the start of every MiB, so of every chunk: whichever chunks
+    // the journal recorded (parallel workers finish them in any order), the sample re-reads
+    // one of them.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&partial)
         .unwrap();
-    for chunk in 0..20u64 {
-        std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 4096], chunk * 8 * M).unwrap();
+    for mib in 0..160u64 {
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 4096], mib * M).unwrap();
     }
     drop(f);
     let out = ws.vmshift().args(["resume", &id]).output().unwrap();

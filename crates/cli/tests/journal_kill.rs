@@ -13,7 +13,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
-const CHUNK: u64 = 8 * M;
+/// vmshift's chunk size for buffered copies (offline::BUFFERED_CHUNK).
+const CHUNK: u64 = 2 * M;
 /// One checkpoint interval (jobs::CHECKPOINT_BYTES) plus what is in flight: one chunk per
 /// copy worker, and two more chunks' worth queued behind a running fsync.
 fn recopy_bound() -> u64 {
