@@ -363,7 +363,7 @@ pub fn copy_image_with(
 
 /// Copy workers when the user names none: the copy is I/O-bound, so there are more workers
 /// than CPUs to keep several reads and writes in flight (each worker holds one chunk
-/// buffer: 8 workers × 8 MiB chunks = 64 MiB).
+/// buffer: 8 workers × 2 MiB buffered chunks = 16 MiB, × 8 MiB direct ones = 64 MiB).
 pub fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     (cpus * 2).clamp(8, 16)
