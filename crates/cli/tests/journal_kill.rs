@@ -106,6 +106,20 @@ fn wait_copy_started(child: &mut Child) -> (String, BufReader<std::process::Chil
     }
 }
 
+/// Runs a migration that kills itself with SIGKILL at the test kill point `point` (see
+/// `jobs::test_kill_point`); returns the job id and how the process ended.
+fn killed_at(
+    ws: &Ws,
+    src: &Path,
+    dst: &Path,
+    extra: &[&str],
+    point: &str,
+) -> (String, std::process::ExitStatus) {
+    let mut child = spawn_migrate(ws, src, dst, extra, &[("VMSHIFT_TEST_SIGKILL_AT", point)]);
+    let (id, _o) = wait_copy_started(&mut child);
+    (id, child.wait().unwrap())
+}
+
 fn resume(ws: &Ws, id: &str) -> (i32, Value, std::process::Output) {
     let out = ws
         .vmshift()
@@ -239,15 +253,7 @@ fn kill_between_a_checkpoints_fsync_and_its_commit_loses_only_that_checkpoint() 
     let src = dense_source(&ws);
     let dst = ws.mkdir("dst");
     // Checkpoint 2's data is fsync'd, then the process dies before the journal commit.
-    let mut child = spawn_migrate(
-        &ws,
-        &src,
-        &dst,
-        &[],
-        &[("VMSHIFT_TEST_SIGKILL_AT", "checkpoint:2")],
-    );
-    let (id, _o) = wait_copy_started(&mut child);
-    let st = child.wait().unwrap();
+    let (id, st) = killed_at(&ws, &src, &dst, &[], "checkpoint:2");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&st),
         Some(9),
@@ -277,15 +283,7 @@ fn kill_between_the_last_commit_and_the_rename_resumes_without_copying() {
     let ws = Ws::new();
     let src = dense_source(&ws);
     let dst = ws.mkdir("dst");
-    let mut child = spawn_migrate(
-        &ws,
-        &src,
-        &dst,
-        &["--format", "qcow2"],
-        &[("VMSHIFT_TEST_SIGKILL_AT", "cutover")],
-    );
-    let (id, _o) = wait_copy_started(&mut child);
-    child.wait().unwrap();
+    let (id, _) = killed_at(&ws, &src, &dst, &["--format", "qcow2"], "cutover");
     assert!(dst.join("d.qcow2.vmshift-partial").exists());
     assert!(
         !dst.join("d.qcow2").exists(),
@@ -309,15 +307,7 @@ fn kill_after_the_rename_before_success_is_recorded_is_finished_by_resume() {
     let ws = Ws::new();
     let src = dense_source(&ws);
     let dst = ws.mkdir("dst");
-    let mut child = spawn_migrate(
-        &ws,
-        &src,
-        &dst,
-        &[],
-        &[("VMSHIFT_TEST_SIGKILL_AT", "renamed")],
-    );
-    let (id, _o) = wait_copy_started(&mut child);
-    child.wait().unwrap();
+    let (id, _) = killed_at(&ws, &src, &dst, &[], "renamed");
     assert!(dst.join("d.raw").exists());
     assert_eq!(journal(&ws).job(&id).unwrap().status, "running");
     let out = ws.vmshift().args(["resume", &id]).output().unwrap();
@@ -336,15 +326,7 @@ fn a_killed_direct_io_job_resumes_without_filling_the_page_cache() {
     let ws = Ws::new();
     let src = dense_source(&ws);
     let dst = ws.mkdir("dst");
-    let mut child = spawn_migrate(
-        &ws,
-        &src,
-        &dst,
-        &["--io", "direct"],
-        &[("VMSHIFT_TEST_SIGKILL_AT", "checkpoint:2")],
-    );
-    let (id, _o) = wait_copy_started(&mut child);
-    child.wait().unwrap();
+    let (id, _) = killed_at(&ws, &src, &dst, &["--io", "direct"], "checkpoint:2");
     let cached = |p: &Path| -> u64 {
         run(
             "fincore",

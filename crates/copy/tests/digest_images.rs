@@ -14,15 +14,7 @@ fn same_content_in_sparse_qcow2_and_dense_raw_has_one_digest_and_a_change_is_loc
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("a.qcow2");
     let r = dir.path().join("b.raw");
-    run(&[
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        q.to_str().unwrap(),
-        "16M",
-    ]);
+    create_qcow2(&q, "16M");
     run(&[
         "qemu-io",
         "-f",

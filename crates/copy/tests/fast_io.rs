@@ -57,15 +57,7 @@ fn direct_reads_of_a_qcow2_chain_match_plain_reads() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.qcow2");
     let top = dir.path().join("top.qcow2");
-    run(&[
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        base.to_str().unwrap(),
-        "8M",
-    ]);
+    create_qcow2(&base, "8M");
     run(&[
         "qemu-io",
         "-f",

@@ -22,8 +22,8 @@ const CHUNK: u64 = 2 * M;
 /// zeroed range inside data.
 fn source(dir: &Path) -> PathBuf {
     let p = dir.join("src.qcow2");
+    create_qcow2(&p, "24M");
     let s = p.to_str().unwrap();
-    run(&["qemu-img", "create", "-q", "-f", "qcow2", s, "24M"]);
     run(&[
         "qemu-io",
         "-f",

@@ -86,15 +86,7 @@ fn qcow2_target_full_of_old_data_ends_identical() {
     let dir = tempfile::tempdir().unwrap();
     let reader = sparse_source(dir.path());
     let tpath = dir.path().join("t.qcow2");
-    run(&[
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        tpath.to_str().unwrap(),
-        "8M",
-    ]);
+    create_qcow2(&tpath, "8M");
     run(&[
         "qemu-io",
         "-f",

@@ -17,6 +17,19 @@ pub fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Creates an empty qcow2 image of `size` (qemu-img units, e.g. `16M`) at `path`.
+pub fn create_qcow2(path: &Path, size: &str) {
+    run(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path.to_str().unwrap(),
+        size,
+    ]);
+}
+
 /// Opens an image and its backing chain read-only, as the engine does.
 pub fn open(p: &Path) -> ImageReader {
     ImageReader::open(&resolve_chain(p, &ChainOptions::default()).unwrap()).unwrap()
