@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use vmshift_copy::engine::fill_chunk_fast;
+use vmshift_copy::engine::fill_chunk;
 use vmshift_copy::io::{AlignedBuf, FastSource};
 use vmshift_copy::{chunk_digest, engine::buf_index};
 use vmshift_image::chain::{resolve_chain, ChainOptions, LayerFormat};
@@ -208,7 +208,7 @@ pub fn run_resume(
         for rec in sample(&chunks) {
             let mut aligned = AlignedBuf::new(buf_index(rec.len));
             let buf = aligned.as_mut_slice();
-            fill_chunk_fast(&src_io, &extents, rec.offset, buf).map_err(|e| anyhow!("{e}"))?;
+            fill_chunk(&src_io, &extents, rec.offset, buf).map_err(|e| anyhow!("{e}"))?;
             if chunk_digest(rec.offset, buf) != rec.digest {
                 return refuse(format!(
                     "the source {} differs from what the job copied at guest offset {:#x}: start a new migration (`vmshift cancel {}` removes the partial target)",

@@ -377,25 +377,12 @@ pub fn buf_index(v: u64) -> usize {
 
 /// Fills `buf` with the guest bytes of the chunk at `start`: data pieces are read, zero
 /// pieces zero-filled; backing pieces are left as they are (shallow copies do not use them).
-/// Returns the pieces.
+/// Returns the pieces. Reads go through `source` (`O_DIRECT` where it was enabled and `buf`
+/// is page-aligned, e.g. an [`crate::io::AlignedBuf`]).
 ///
 /// # Errors
 /// [`CopyError::Read`] with the offset of the failed read.
 pub fn fill_chunk(
-    source: &ImageReader,
-    extents: &[Extent],
-    start: u64,
-    buf: &mut [u8],
-) -> Result<Vec<Extent>, CopyError> {
-    fill_pieces(extents, start, buf, |dst, off| source.read_at(dst, off))
-}
-
-/// [`fill_chunk`] reading through `source` (`O_DIRECT` where it was enabled and `buf` is
-/// page-aligned, e.g. an [`crate::io::AlignedBuf`]).
-///
-/// # Errors
-/// [`CopyError::Read`] with the offset of the failed read.
-pub fn fill_chunk_fast(
     source: &FastSource<'_>,
     extents: &[Extent],
     start: u64,

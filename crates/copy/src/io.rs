@@ -57,11 +57,11 @@ impl AlignedBuf {
     }
 }
 
-pub(crate) fn aligned(v: u64) -> bool {
+fn aligned(v: u64) -> bool {
     v.is_multiple_of(DIRECT_ALIGN as u64)
 }
 
-pub(crate) fn buf_aligned(buf: &[u8]) -> bool {
+fn buf_aligned(buf: &[u8]) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && buf.len().is_multiple_of(DIRECT_ALIGN)
 }
 
