@@ -83,7 +83,8 @@ impl Output {
                     }
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                // Woken early by the guard's drop, so a phase never waits out the tick.
+                std::thread::park_timeout(Duration::from_millis(100));
             }
         });
         ProgressGuard {
@@ -103,6 +104,7 @@ impl Drop for ProgressGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
