@@ -3,7 +3,7 @@
 //! for verification, and honour the bandwidth limit and cancellation between chunks.
 
 use crate::digest::SparseDigest;
-use crate::io::{AlignedBuf, FastSource, Writeback};
+use crate::io::{AlignedBuf, FastSource};
 use crate::plan::{clip, plan_units, Unit};
 use crate::readback::ReadBack;
 use crate::throttle::Throttle;
@@ -118,9 +118,8 @@ pub struct CopyOptions {
     pub shallow: bool,
     /// Hash the guest view while copying (flattened copies only).
     pub hash: bool,
-    /// Direct I/O: source reads with `O_DIRECT` where possible, and no early writeback (the
-    /// target, opened with `direct` in its [`vmshift_image::target::TargetSpec`], leaves no
-    /// dirty pages behind).
+    /// Direct I/O: source reads with `O_DIRECT` where possible (the target, opened with
+    /// `direct` in its [`vmshift_image::target::TargetSpec`], leaves no dirty pages behind).
     pub direct: bool,
 }
 
@@ -236,7 +235,6 @@ pub fn copy_image_with(
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
     let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested());
-    let writeback = (!opts.direct).then(|| Writeback::new(target));
     for_each_unit(
         &work,
         opts.threads,
@@ -294,9 +292,6 @@ pub fn copy_image_with(
                         }
                         ExtentKind::Backing => {}
                     }
-                }
-                if let Some(wb) = &writeback {
-                    wb.kick(start, buf.len() as u64);
                 }
                 let len = buf.len() as u64;
                 // Hash the source bytes before the buffer is reused for the read-back.

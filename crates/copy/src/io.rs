@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use vmshift_image::storage::ImageFile;
-use vmshift_image::{ImageReader, TargetImage};
+use vmshift_image::ImageReader;
 
 /// Environment variable that turns on `O_DIRECT` source reads when set to `1`.
 pub const DIRECT_READS_ENV: &str = "VMSHIFT_DIRECT_READS";
@@ -198,67 +198,6 @@ impl<'a> FastSource<'a> {
                 Ok(())
             }
         }
-    }
-}
-
-/// Early writeback of the target: after each chunk the kernel is told to start writing the
-/// chunk's dirty pages without waiting for them, so the disk writes while the workers read on
-/// (instead of everything at the final fsync), and the pages stay cached for the verification
-/// read-back. Best effort: write errors surface at the caller's fsync as before.
-#[derive(Debug)]
-pub struct Writeback<'a> {
-    /// The raw target's file, or a read-only descriptor of the qcow2 target's file.
-    fd: Option<std::os::fd::BorrowedFd<'a>>,
-    own: Option<File>,
-    /// qcow2: guest offsets do not name file ranges, so the whole file is kicked.
-    whole_file: bool,
-}
-
-impl<'a> Writeback<'a> {
-    /// Prepares writeback kicks for `target`.
-    pub fn new(target: &'a TargetImage) -> Self {
-        use std::os::fd::AsFd;
-        match target {
-            TargetImage::Raw { file, .. } => Writeback {
-                fd: Some(file.as_fd()),
-                own: None,
-                whole_file: false,
-            },
-            TargetImage::Qcow2 { image } => {
-                use imago::Storage;
-                let own = image
-                    .inner()
-                    .collect_storage_dependencies()
-                    .first()
-                    .and_then(|s| s.get_filename())
-                    .and_then(|p| File::open(p).ok());
-                Writeback {
-                    fd: None,
-                    own,
-                    whole_file: true,
-                }
-            }
-        }
-    }
-
-    /// Starts writeback of the chunk at guest `[offset, offset+len)`.
-    pub fn kick(&self, offset: u64, len: u64) {
-        let fd = match (&self.fd, &self.own) {
-            (Some(fd), _) => fd.as_raw_fd(),
-            (None, Some(f)) => f.as_raw_fd(),
-            (None, None) => return,
-        };
-        let (off, n) = if self.whole_file {
-            (0, 0)
-        } else {
-            match (i64::try_from(offset), i64::try_from(len)) {
-                (Ok(o), Ok(n)) => (o, n),
-                _ => return,
-            }
-        };
-        // SAFETY: sync_file_range only reads its integer arguments; the descriptor stays open
-        // for the call (borrowed from the target, or owned by `self`).
-        let _ = unsafe { libc::sync_file_range(fd, off, n, libc::SYNC_FILE_RANGE_WRITE) };
     }
 }
 

@@ -5,7 +5,7 @@
 //! - [`digest`]: the content digest that proves source and target hold the same guest view.
 //! - [`readback`]: verification during the copy (chunks read back from the target).
 //! - [`zero`]: zero detection.
-//! - [`io`]: aligned buffers, `O_DIRECT` source reads, early target writeback.
+//! - [`io`]: aligned buffers, `O_DIRECT` source reads.
 //! - [`throttle`]: the bandwidth limit.
 
 pub mod digest;
