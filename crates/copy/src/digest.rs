@@ -43,17 +43,13 @@ impl SparseDigest {
         self.size
     }
 
-    /// Like [`SparseDigest::add`], and returns [`chunk_digest`] of `buf` from the same block
-    /// hashes (no second pass over the data).
-    pub fn add_chunk(&self, offset: u64, buf: &[u8]) -> [u8; 32] {
-        let usable = buf_index(self.size.saturating_sub(offset).min(buf.len() as u64));
-        let local = block_hashes(offset, &buf[..usable]);
-        let d = combine(&local, usable as u64);
-        if !local.is_empty() {
+    /// Records `blocks` from [`block_hashes`]: hashes of bytes this guest view is known to
+    /// hold (already computed over the same bytes, so they are not hashed again).
+    pub fn extend(&self, blocks: &[BlockHash]) {
+        if !blocks.is_empty() {
             let mut map = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            map.extend(local);
+            map.extend(blocks.iter().copied());
         }
-        d
     }
 
     /// Hashes `buf`, the guest bytes at `offset` (a multiple of [`DIGEST_BLOCK`]); bytes past
@@ -97,7 +93,14 @@ impl SparseDigest {
     }
 }
 
-fn block_hashes(offset: u64, buf: &[u8]) -> Vec<(u64, [u8; 32])> {
+/// One non-zero digest block: its index (guest offset / [`DIGEST_BLOCK`]) and BLAKE3 hash.
+pub type BlockHash = (u64, [u8; 32]);
+
+/// The [`BlockHash`]es of the non-zero blocks of `buf`, the guest bytes at `offset` (a
+/// multiple of [`DIGEST_BLOCK`]), in index order. The one BLAKE3 pass a copy makes over a
+/// chunk: the source digest, the journal's [`chunk_digest_of`] and, when the read-back
+/// matches, the target digest are all built from it.
+pub fn block_hashes(offset: u64, buf: &[u8]) -> Vec<BlockHash> {
     buf.chunks(buf_index(DIGEST_BLOCK))
         .enumerate()
         .filter(|(_, b)| !is_zero(b))
@@ -110,7 +113,8 @@ fn block_hashes(offset: u64, buf: &[u8]) -> Vec<(u64, [u8; 32])> {
         .collect()
 }
 
-fn combine(blocks: &[(u64, [u8; 32])], len: u64) -> [u8; 32] {
+/// [`chunk_digest`] of a chunk of `len` guest bytes from its [`block_hashes`].
+pub fn chunk_digest_of(blocks: &[BlockHash], len: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     for (idx, hash) in blocks {
         h.update(&idx.to_le_bytes());
@@ -124,7 +128,7 @@ fn combine(blocks: &[(u64, [u8; 32])], len: u64) -> [u8; 32] {
 /// same per-block construction as the image digest, over `buf` only. Journals record it
 /// per copied chunk so a resume can prove source and partial target still hold that chunk.
 pub fn chunk_digest(offset: u64, buf: &[u8]) -> [u8; 32] {
-    combine(&block_hashes(offset, buf), buf.len() as u64)
+    chunk_digest_of(&block_hashes(offset, buf), buf.len() as u64)
 }
 
 /// Digests the first `size` guest bytes of `reader` using its block status, with `threads`
@@ -229,12 +233,18 @@ mod tests {
     }
 
     #[test]
-    fn chunk_digests_match_whether_computed_alone_or_while_adding() {
+    fn one_hash_pass_gives_the_chunk_digest_and_the_image_digest() {
         let mut buf = vec![0u8; 3 << 20];
         buf[(2 << 20) + 1] = 7;
-        let a = SparseDigest::new(16 << 20);
-        let d = a.add_chunk(8 << 20, &buf);
+        let blocks = block_hashes(8 << 20, &buf);
+        assert_eq!(blocks.len(), 1, "zero blocks are not hashed");
+        assert_eq!(blocks[0].0, 10);
+        let d = chunk_digest_of(&blocks, buf.len() as u64);
         assert_eq!(d, chunk_digest(8 << 20, &buf));
+        let (a, b) = (SparseDigest::new(16 << 20), SparseDigest::new(16 << 20));
+        a.extend(&blocks);
+        b.add(8 << 20, &buf);
+        assert_eq!(a.hex(), b.hex());
         assert_ne!(
             d,
             chunk_digest(0, &buf),

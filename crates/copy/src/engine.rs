@@ -2,7 +2,7 @@
 //! source, write its non-zero runs to the target, zero what must read as zero, hash the chunk
 //! for verification, and honour the bandwidth limit and cancellation between chunks.
 
-use crate::digest::SparseDigest;
+use crate::digest::{block_hashes, chunk_digest_of, SparseDigest};
 use crate::io::{AlignedBuf, FastSource};
 use crate::plan::{clip, plan_units, Unit};
 use crate::readback::ReadBack;
@@ -294,19 +294,21 @@ pub fn copy_image_with(
                     }
                 }
                 let len = buf.len() as u64;
-                // Hash the source bytes before the buffer is reused for the read-back.
-                let chunk_digest = match (&digest, hooks.on_chunk) {
-                    (Some(d), Some(_)) => Some(d.add_chunk(start, buf)),
-                    (None, Some(_)) => Some(crate::digest::chunk_digest(start, buf)),
-                    (Some(d), None) => {
-                        d.add(start, buf);
-                        None
-                    }
-                    (None, None) => None,
+                // One hash pass over the source bytes serves the source digest, the journal
+                // and (when the read-back matches) the target digest.
+                let hashed = digest.is_some() || hooks.on_chunk.is_some();
+                let blocks = if hashed || hooks.read_back.is_some() {
+                    block_hashes(start, buf)
+                } else {
+                    Vec::new()
                 };
-                if let Some(rb) = hooks.read_back {
-                    rb.chunk(idx, buf)?;
+                if let Some(d) = &digest {
+                    d.extend(&blocks);
                 }
+                if let Some(rb) = hooks.read_back {
+                    rb.chunk(idx, buf, &blocks)?;
+                }
+                let chunk_digest = hooks.on_chunk.map(|_| chunk_digest_of(&blocks, len));
                 if let (Some(cb), Some(digest)) = (hooks.on_chunk, chunk_digest) {
                     cb(ChunkDone {
                         index: idx,

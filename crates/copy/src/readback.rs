@@ -1,8 +1,11 @@
 //! Verification while the copy runs: each data chunk is read back from the target right
-//! after its writes returned and hashed into the target's digest, on the worker that wrote
-//! it, while other workers' reads and writes are in flight, instead of a second pass over the
-//! whole target after the fsync. Buffered copies read the chunk back from the page cache;
-//! direct ones (`--io direct`) from the disk.
+//! after its writes returned, on the worker that wrote it, while other workers' reads and
+//! writes are in flight, instead of a second pass over the whole target after the fsync.
+//! Buffered copies read the chunk back from the page cache; direct ones (`--io direct`) from
+//! the disk. The bytes read back are compared with the source bytes just written: where they
+//! are equal, the source's block hashes are the target's too (one BLAKE3 pass, not two);
+//! where they differ, the bytes read back are hashed, so the digests differ and the caller
+//! reports the first differing offset as for any mismatch.
 //!
 //! What it proves is what the pass after the fsync proved: the target, read through the
 //! target file, holds the source's guest bytes. [`ReadBack::finish`] closes the two gaps a
@@ -16,8 +19,9 @@
 //! A chunk is never written again after it is read back: work units are disjoint
 //! ([`crate::plan::plan_units`]).
 
-use crate::digest::{digest_image_with, SparseDigest, DIGEST_BLOCK};
+use crate::digest::{digest_image_with, BlockHash, SparseDigest, DIGEST_BLOCK};
 use crate::engine::{buf_index, CopyError, Counters};
+use crate::io::AlignedBuf;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
@@ -38,7 +42,13 @@ pub struct ReadBack {
     chunk: u64,
     /// Indices of the chunks read back.
     done: Mutex<Vec<u64>>,
+    /// Read-back buffers of [`PIECE`] bytes, one per worker reading back at once.
+    spare: Mutex<Vec<AlignedBuf>>,
 }
+
+/// Chunks are read back and compared in pieces of this many bytes (a multiple of
+/// [`DIGEST_BLOCK`]): a worker's read-back buffer is one piece, whatever the chunk size.
+const PIECE: usize = 2 << 20;
 
 impl ReadBack {
     /// Reads back through `reader` (from [`vmshift_image::TargetImage::reader`]) a target of
@@ -57,26 +67,67 @@ impl ReadBack {
             digest: SparseDigest::new(size),
             chunk,
             done: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
         }
     }
 
-    /// Reads chunk `index` (guest offset `index × chunk`, `buf.len()` bytes) back from the
-    /// target into `buf` and hashes it.
+    /// Reads chunk `index` (guest offset `index × chunk`, `source.len()` bytes) back from the
+    /// target and adds it to the target's digest: `source` holds the bytes written there and
+    /// `source_blocks` their [`crate::digest::block_hashes`].
     ///
     /// # Errors
     /// [`CopyError::ReadBack`] when the target cannot be read.
-    pub fn chunk(&self, index: u64, buf: &mut [u8]) -> Result<(), CopyError> {
+    pub fn chunk(
+        &self,
+        index: u64,
+        source: &[u8],
+        source_blocks: &[BlockHash],
+    ) -> Result<(), CopyError> {
         let start = index * self.chunk;
-        match &self.direct {
-            Some(f) => crate::io::read_direct_head(f, buf, start, |b, o| self.reader.read_at(b, o)),
-            None => self.reader.read_at(buf, start),
-        }
-        .map_err(|e| CopyError::read_back(start, e))?;
-        self.digest.add(start, buf);
+        let taken = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = taken.unwrap_or_else(|| AlignedBuf::new(PIECE));
+        let result = self.compare(start, source, source_blocks, buf.as_mut_slice());
+        self.spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(buf);
+        result?;
         self.done
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(index);
+        Ok(())
+    }
+
+    /// Reads `source.len()` target bytes at `start` piece by piece into `buf` and adds them
+    /// to the digest (see the module documentation).
+    fn compare(
+        &self,
+        start: u64,
+        source: &[u8],
+        source_blocks: &[BlockHash],
+        buf: &mut [u8],
+    ) -> Result<(), CopyError> {
+        for (i, want) in source.chunks(PIECE).enumerate() {
+            let at = start + (i * PIECE) as u64;
+            let got = &mut buf[..want.len()];
+            match &self.direct {
+                Some(f) => {
+                    crate::io::read_direct_head(f, got, at, |b, o| self.reader.read_at(b, o))
+                }
+                None => self.reader.read_at(got, at),
+            }
+            .map_err(|e| CopyError::read_back(at, e))?;
+            if got == want {
+                let first = at / DIGEST_BLOCK;
+                let end = first + (want.len() as u64).div_ceil(DIGEST_BLOCK);
+                let from = source_blocks.partition_point(|b| b.0 < first);
+                let to = source_blocks.partition_point(|b| b.0 < end);
+                self.digest.extend(&source_blocks[from..to]);
+            } else {
+                self.digest.add(at, got);
+            }
+        }
         Ok(())
     }
 
