@@ -217,3 +217,53 @@ fn a_raw_target_reads_back_through_a_second_descriptor() {
     assert!(buf.iter().all(|&b| b == 9));
     assert!(matches!(target, TargetImage::Raw { .. }));
 }
+
+#[test]
+fn a_chunk_read_back_unlike_the_bytes_written_is_hashed_as_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.raw");
+    let size = 4 * M;
+    let target = create_target(&TargetSpec {
+        path: path.clone(),
+        format: LayerFormat::Raw,
+        virtual_size: size,
+        cluster_size: 65536,
+        preallocate: false,
+        backing: None,
+        direct: false,
+    })
+    .unwrap();
+    let written = vec![0x11u8; 4 << 20];
+    target.write_at(&written, 0).unwrap();
+    // What the target holds differs from what the copy wrote in the second 2 MiB piece.
+    target.write_at(&[0x99], 3 * M + 5).unwrap();
+    let rb = ReadBack::new(target.reader(size).unwrap(), size, 4 * M, false);
+    let blocks = vmshift_copy::digest::block_hashes(0, &written);
+    rb.chunk(0, &written, &blocks).unwrap();
+    target.sync().unwrap();
+    let got = rb
+        .finish(
+            &open(&path),
+            2,
+            &AtomicBool::new(false),
+            &Counters::default(),
+        )
+        .unwrap();
+    let source = vmshift_copy::SparseDigest::new(size);
+    source.extend(&blocks);
+    assert_eq!(source.first_differing_block(&got), Some(3));
+    let reread = digest_image(
+        &open(&path),
+        size,
+        2,
+        CHUNK,
+        &AtomicBool::new(false),
+        &Counters::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        got.hex(),
+        reread.hex(),
+        "the target digest is the target's content"
+    );
+}
