@@ -28,7 +28,8 @@ pub enum FormatArg {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum IoMode {
-    /// Through the page cache, written back by the kernel; verification reads the target back from it.
+    /// Through the page cache, written back by the kernel (the source's pages are dropped once
+    /// read); verification reads the target back from it.
     #[default]
     Buffered,
     /// `O_DIRECT` source reads and target writes where the file systems allow it, like

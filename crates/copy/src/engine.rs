@@ -251,6 +251,7 @@ pub fn copy_image_with(
             Unit::Chunk(idx) => {
                 let start = idx * opts.chunk;
                 let pieces = fill_pieces(extents, start, buf, |dst, off| fast.read_at(dst, off))?;
+                fast.release(start, buf.len() as u64);
                 // Wait before writing, so a limited copy never bursts ahead of its rate.
                 let data_read: u64 = pieces
                     .iter()

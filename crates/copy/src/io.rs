@@ -85,6 +85,17 @@ pub(crate) fn reopen_direct(file: &File) -> Option<File> {
     )))
 }
 
+/// `POSIX_FADV_DONTNEED` for `[offset, offset + len)` of `file`; errors are ignored (the
+/// advice only frees memory early).
+fn dont_need(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
 /// Reads `buf.len()` bytes at `offset` with `pread` on a direct descriptor.
 fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
@@ -125,6 +136,9 @@ pub struct FastSource<'a> {
     raw: Option<File>,
     /// qcow2 chains: a direct descriptor per layer file, by path (`None` when refused).
     layers: Mutex<HashMap<PathBuf, Option<std::sync::Arc<File>>>>,
+    /// qcow2 chains read through the page cache: a plain descriptor per layer file, by path,
+    /// for [`FastSource::release`].
+    cached_layers: Mutex<HashMap<PathBuf, Option<std::sync::Arc<File>>>>,
     enabled: bool,
 }
 
@@ -139,6 +153,7 @@ impl<'a> FastSource<'a> {
             reader,
             raw,
             layers: Mutex::new(HashMap::new()),
+            cached_layers: Mutex::new(HashMap::new()),
             enabled: direct,
         }
     }
@@ -149,6 +164,53 @@ impl<'a> FastSource<'a> {
         let mut map = self.layers.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(path)
             .or_insert_with_key(|p| open_direct(p).map(std::sync::Arc::new))
+            .clone()
+    }
+
+    /// Drops from the page cache the source's pages that hold guest bytes
+    /// `[offset, offset + len)` (`POSIX_FADV_DONTNEED`, as `dd iflag=nocache` does), once a
+    /// buffered copy has read them: a copy reads each byte once, and keeping them would push
+    /// the host's other cached data (its VMs') out and, for an image larger than free memory,
+    /// make the kernel reclaim while the copy runs. For qcow2 chains the data clusters of each
+    /// layer are dropped (metadata stays cached). Best effort; nothing to do for direct reads.
+    pub fn release(&self, offset: u64, len: u64) {
+        if self.enabled {
+            return;
+        }
+        match self.reader {
+            ImageReader::Raw { file, .. } => dont_need(file, offset, len),
+            ImageReader::Imago { image, .. } => {
+                let mut pos = 0u64;
+                while pos < len {
+                    let Ok((mapping, n)) = image.get_mapping(offset + pos, len - pos) else {
+                        return;
+                    };
+                    let n = n.min(len - pos);
+                    if n == 0 {
+                        return;
+                    }
+                    if let imago::Mapping::Raw {
+                        storage,
+                        offset: host,
+                        ..
+                    } = mapping
+                    {
+                        if let Some(f) = self.cached_layer_fd(storage) {
+                            dont_need(&f, host, n);
+                        }
+                    }
+                    pos += n;
+                }
+            }
+        }
+    }
+
+    fn cached_layer_fd(&self, storage: &ImageFile) -> Option<std::sync::Arc<File>> {
+        use imago::Storage;
+        let path = storage.get_filename()?;
+        let mut map = self.cached_layers.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(path)
+            .or_insert_with_key(|p| File::open(p).ok().map(std::sync::Arc::new))
             .clone()
     }
 

@@ -1,7 +1,8 @@
 //! Direct I/O (`--io direct`): the copy and its read-back bypass the page cache — `fincore`
 //! finds none of the target's data cached afterwards, where a buffered copy leaves it all —
 //! and the target still holds exactly the source's guest view, for raw and qcow2 targets,
-//! with an unaligned tail that has to go through the buffered path.
+//! with an unaligned tail that has to go through the buffered path. A buffered copy drops the
+//! source's data from the page cache once read (raw files and qcow2 data clusters).
 
 mod common;
 use common::*;
@@ -145,5 +146,69 @@ fn a_direct_copy_leaves_the_targets_data_out_of_the_page_cache() {
         // At most the qcow2 header read at creation and the raw tail page (not a whole
         // block: written through the page cache) are cached.
         assert!(d <= 64 << 10, "{format:?}: direct copy cached {d} bytes");
+    }
+}
+
+/// Reads all of `path` (into the page cache) after flushing it, so every page is clean.
+fn cache_clean(path: &Path) {
+    std::fs::File::open(path).unwrap().sync_all().unwrap();
+    std::fs::read(path).unwrap();
+}
+
+#[test]
+fn a_buffered_copy_drops_the_sources_pages_once_read() {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let raw = source(dir.path());
+    let qcow2 = dir.path().join("src.qcow2");
+    run(&[
+        "qemu-img",
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        qcow2.to_str().unwrap(),
+    ]);
+    for src_path in [&raw, &qcow2] {
+        cache_clean(src_path);
+        assert!(cached(src_path) >= 12 * M, "{src_path:?} not cached");
+        let src = open(src_path);
+        let size = src.virtual_size();
+        let target = create_target(&TargetSpec {
+            path: dir.path().join("t.raw"),
+            format: LayerFormat::Raw,
+            virtual_size: size,
+            cluster_size: 65536,
+            preallocate: false,
+            backing: None,
+            direct: false,
+        })
+        .unwrap();
+        let opts = CopyOptions {
+            threads: 3,
+            chunk: 4 * M,
+            bwlimit: 0,
+            zero_granularity: 4096,
+            target_is_zero: true,
+            shallow: false,
+            hash: true,
+            direct: false,
+        };
+        let stats = vmshift_copy::copy_image(
+            &src,
+            &src.extents(0, size, false).unwrap(),
+            &target,
+            &opts,
+            &AtomicBool::new(false),
+            &Counters::default(),
+        )
+        .unwrap();
+        assert!(stats.bytes_copied > 12 * M, "{src_path:?}: {stats:?}");
+        std::fs::remove_file(dir.path().join("t.raw")).unwrap();
+        // The qcow2 header and mapping tables (read at open) may stay; no data cluster does.
+        let left = cached(src_path);
+        assert!(left <= M, "{src_path:?}: {left} bytes still cached");
     }
 }
