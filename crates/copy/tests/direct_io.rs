@@ -10,9 +10,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
-use vmshift_copy::{copy_image_with, digest_image, CopyHooks, CopyOptions, Counters, ReadBack};
+use vmshift_copy::{copy_image_with, digest_image, CopyHooks, Counters, ReadBack};
 use vmshift_image::chain::LayerFormat;
-use vmshift_image::target::{create_target, TargetSpec};
 use vmshift_image::ImageReader;
 
 const M: u64 = 1 << 20;
@@ -66,27 +65,9 @@ fn copy(dir: &Path, src: &ImageReader, format: LayerFormat, direct: bool) -> (Pa
         LayerFormat::Raw => SIZE,
         LayerFormat::Qcow2 => SIZE.div_ceil(512) * 512,
     };
-    let target = create_target(&TargetSpec {
-        path: path.clone(),
-        format,
-        virtual_size: size,
-        cluster_size: 65536,
-        preallocate: false,
-        backing: None,
-        direct,
-    })
-    .unwrap();
+    let target = new_target(&path, format, size, direct);
     let rb = ReadBack::new(target.reader(size).unwrap(), SIZE, 4 * M, direct);
-    let opts = CopyOptions {
-        threads: 3,
-        chunk: 4 * M,
-        bwlimit: 0,
-        zero_granularity: 4096,
-        target_is_zero: true,
-        shallow: false,
-        hash: true,
-        direct,
-    };
+    let opts = copy_opts(4 * M, 4096, direct);
     let hooks = CopyHooks {
         read_back: Some(&rb),
         ..CopyHooks::default()
@@ -176,26 +157,8 @@ fn a_buffered_copy_drops_the_sources_pages_once_read() {
         assert!(cached(src_path) >= 12 * M, "{src_path:?} not cached");
         let src = open(src_path);
         let size = src.virtual_size();
-        let target = create_target(&TargetSpec {
-            path: dir.path().join("t.raw"),
-            format: LayerFormat::Raw,
-            virtual_size: size,
-            cluster_size: 65536,
-            preallocate: false,
-            backing: None,
-            direct: false,
-        })
-        .unwrap();
-        let opts = CopyOptions {
-            threads: 3,
-            chunk: 4 * M,
-            bwlimit: 0,
-            zero_granularity: 4096,
-            target_is_zero: true,
-            shallow: false,
-            hash: true,
-            direct: false,
-        };
+        let target = new_target(&dir.path().join("t.raw"), LayerFormat::Raw, size, false);
+        let opts = copy_opts(4 * M, 4096, false);
         let stats = vmshift_copy::copy_image(
             &src,
             &src.extents(0, size, false).unwrap(),

@@ -9,9 +9,8 @@ use common::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use vmshift_copy::{copy_image_with, digest_image, CopyHooks, CopyOptions, Counters, ReadBack};
+use vmshift_copy::{copy_image_with, digest_image, CopyHooks, Counters, ReadBack};
 use vmshift_image::chain::LayerFormat;
-use vmshift_image::target::{create_target, TargetSpec};
 use vmshift_image::{ImageReader, TargetImage};
 
 const M: u64 = 1 << 20;
@@ -58,28 +57,10 @@ fn digest(r: &ImageReader) -> String {
 /// and the (unfinished) read-back.
 fn copy_with_read_back(dir: &Path, src: &ImageReader, format: LayerFormat) -> (PathBuf, ReadBack) {
     let path = dir.join(format!("t.{}", format.as_str()));
-    let target = create_target(&TargetSpec {
-        path: path.clone(),
-        format,
-        virtual_size: SIZE,
-        cluster_size: 65536,
-        preallocate: false,
-        backing: None,
-        direct: false,
-    })
-    .unwrap();
+    let target = new_target(&path, format, SIZE, false);
     let rb = ReadBack::new(target.reader(SIZE).unwrap(), SIZE, CHUNK, false);
     let extents = src.extents(0, SIZE, false).unwrap();
-    let opts = CopyOptions {
-        threads: 3,
-        chunk: CHUNK,
-        bwlimit: 0,
-        zero_granularity: 65536,
-        target_is_zero: true,
-        shallow: false,
-        hash: true,
-        direct: false,
-    };
+    let opts = copy_opts(CHUNK, 65536, false);
     let hooks = CopyHooks {
         read_back: Some(&rb),
         ..CopyHooks::default()
@@ -200,16 +181,7 @@ fn a_mapping_that_differs_on_disk_falls_back_to_a_full_re_read() {
 fn a_raw_target_reads_back_through_a_second_descriptor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.raw");
-    let target = create_target(&TargetSpec {
-        path: path.clone(),
-        format: LayerFormat::Raw,
-        virtual_size: 3 * M,
-        cluster_size: 65536,
-        preallocate: false,
-        backing: None,
-        direct: false,
-    })
-    .unwrap();
+    let target = new_target(&path, LayerFormat::Raw, 3 * M, false);
     target.write_at(&[9u8; 4096], M).unwrap();
     let r = target.reader(3 * M).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -223,16 +195,7 @@ fn a_chunk_read_back_unlike_the_bytes_written_is_hashed_as_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.raw");
     let size = 4 * M;
-    let target = create_target(&TargetSpec {
-        path: path.clone(),
-        format: LayerFormat::Raw,
-        virtual_size: size,
-        cluster_size: 65536,
-        preallocate: false,
-        backing: None,
-        direct: false,
-    })
-    .unwrap();
+    let target = new_target(&path, LayerFormat::Raw, size, false);
     let written = vec![0x11u8; 4 << 20];
     target.write_at(&written, 0).unwrap();
     // What the target holds differs from what the copy wrote in the second 2 MiB piece.

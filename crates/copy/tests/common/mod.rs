@@ -34,3 +34,38 @@ pub fn create_qcow2(path: &Path, size: &str) {
 pub fn open(p: &Path) -> ImageReader {
     ImageReader::open(&resolve_chain(p, &ChainOptions::default()).unwrap()).unwrap()
 }
+
+/// Creates a new thin target of `format` and `size` guest bytes at `path` (64 KiB clusters,
+/// no backing file), with `O_DIRECT` writes when `direct`.
+pub fn new_target(
+    path: &Path,
+    format: vmshift_image::chain::LayerFormat,
+    size: u64,
+    direct: bool,
+) -> vmshift_image::TargetImage {
+    vmshift_image::target::create_target(&vmshift_image::target::TargetSpec {
+        path: path.to_path_buf(),
+        format,
+        virtual_size: size,
+        cluster_size: 65536,
+        preallocate: false,
+        backing: None,
+        direct,
+    })
+    .unwrap()
+}
+
+/// Options for a flattened, hashed copy into a new (zeroed) target: 3 workers, `chunk`-byte
+/// chunks, zero runs found at `zero_granularity` bytes.
+pub fn copy_opts(chunk: u64, zero_granularity: usize, direct: bool) -> vmshift_copy::CopyOptions {
+    vmshift_copy::CopyOptions {
+        threads: 3,
+        chunk,
+        bwlimit: 0,
+        zero_granularity,
+        target_is_zero: true,
+        shallow: false,
+        hash: true,
+        direct,
+    }
+}
