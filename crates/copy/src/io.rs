@@ -85,6 +85,9 @@ pub(crate) fn reopen_direct(file: &File) -> Option<File> {
     )))
 }
 
+/// The largest page-cache folio on x86-64 (a PMD), in bytes.
+const FOLIO_MAX: u64 = 2 << 20;
+
 /// `POSIX_FADV_DONTNEED` for `[offset, offset + len)` of `file`; errors are ignored (the
 /// advice only frees memory early).
 fn dont_need(file: &File, offset: u64, len: u64) {
@@ -196,7 +199,13 @@ impl<'a> FastSource<'a> {
                     } = mapping
                     {
                         if let Some(f) = self.cached_layer_fd(storage) {
-                            dont_need(&f, host, n);
+                            // Clusters need not start on a folio boundary, and the kernel
+                            // keeps a large folio (up to 2 MiB) that the range only partly
+                            // covers: widen the range to whole 2 MiB blocks. A neighbour's
+                            // pages dropped early are only read again.
+                            let from = host - host % FOLIO_MAX;
+                            let to = (host + n).next_multiple_of(FOLIO_MAX);
+                            dont_need(&f, from, to - from);
                         }
                     }
                     pos += n;

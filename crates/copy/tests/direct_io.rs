@@ -132,8 +132,9 @@ fn a_direct_copy_leaves_the_targets_data_out_of_the_page_cache() {
 
 /// Reads all of `path` (into the page cache) after flushing it, so every page is clean.
 fn cache_clean(path: &Path) {
-    std::fs::File::open(path).unwrap().sync_all().unwrap();
-    std::fs::read(path).unwrap();
+    let mut f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    std::io::copy(&mut f, &mut std::io::sink()).unwrap();
 }
 
 #[test]
@@ -141,6 +142,11 @@ fn a_buffered_copy_drops_the_sources_pages_once_read() {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = tempfile::tempdir_in(base).unwrap();
     let raw = source(dir.path());
+    // 256 MiB: read through readahead, the qcow2's data sits in large folios that its
+    // clusters (which start 320 KiB into the file) only partly cover.
+    let big = dir.path().join("big.raw");
+    let block: Vec<u8> = (0..M).map(|i| (i % 253) as u8 + 1).collect();
+    std::fs::write(&big, block.repeat(256)).unwrap();
     let qcow2 = dir.path().join("src.qcow2");
     run(&[
         "qemu-img",
@@ -149,7 +155,7 @@ fn a_buffered_copy_drops_the_sources_pages_once_read() {
         "raw",
         "-O",
         "qcow2",
-        raw.to_str().unwrap(),
+        big.to_str().unwrap(),
         qcow2.to_str().unwrap(),
     ]);
     for src_path in [&raw, &qcow2] {
@@ -172,6 +178,6 @@ fn a_buffered_copy_drops_the_sources_pages_once_read() {
         std::fs::remove_file(dir.path().join("t.raw")).unwrap();
         // The qcow2 header and mapping tables (read at open) may stay; no data cluster does.
         let left = cached(src_path);
-        assert!(left <= M, "{src_path:?}: {left} bytes still cached");
+        assert!(left <= 16 * M, "{src_path:?}: {left} bytes still cached");
     }
 }
