@@ -130,10 +130,20 @@ fn a_direct_copy_leaves_the_targets_data_out_of_the_page_cache() {
     }
 }
 
-/// Reads all of `path` (into the page cache) after flushing it, so every page is clean.
+/// Reads all of `path` into the page cache, every page clean.
 fn cache_clean(path: &Path) {
     let mut f = std::fs::File::open(path).unwrap();
     f.sync_all().unwrap();
+    // Dropped first (coreutils: `dd iflag=nocache count=0` drops a whole file), then read
+    // in order, so the pages come from readahead, in large folios, as after a `cat`.
+    let p = path.to_str().unwrap();
+    run(&[
+        "dd",
+        &format!("if={p}"),
+        "iflag=nocache",
+        "count=0",
+        "status=none",
+    ]);
     std::io::copy(&mut f, &mut std::io::sink()).unwrap();
 }
 
