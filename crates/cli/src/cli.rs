@@ -38,6 +38,21 @@ pub enum IoMode {
     Direct,
 }
 
+/// When an offline copy's target is read back for verification.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Each chunk right after its writes, while the copy goes on: no second pass over the
+    /// target. A write into a chunk by another process after its read-back is not seen.
+    #[default]
+    DuringCopy,
+    /// The whole target again after the fsync, through a fresh reader: one more pass over the
+    /// data, and it sees every byte the target ends up with.
+    AfterCopy,
+}
+
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -156,6 +171,11 @@ pub struct MigrateArgs {
     /// Skip verification (the report says so).
     #[arg(long)]
     pub no_verify: bool,
+    /// When an offline copy's target is read back to verify it: `during-copy` (each chunk
+    /// right after its writes) or `after-copy` (the whole target again once it is synced).
+    #[arg(long, value_enum, default_value_t = VerifyMode::DuringCopy, conflicts_with = "no_verify")]
+    #[serde(default)]
+    pub verify: VerifyMode,
     /// Delete the source after a successful verification (never while another image uses
     /// it as a backing file).
     #[arg(long)]

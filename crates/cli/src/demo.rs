@@ -106,6 +106,7 @@ pub fn run_demo(json: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         force_share: false,
         threads: None,
         io: Default::default(),
+        verify: Default::default(),
         json,
         report: Some(report.clone()),
         keep_partial: false,

@@ -758,7 +758,7 @@ fn execute(
         None => Ok(()),
     };
     // Verify during the copy when the copy hashes the source (see vmshift_copy::readback).
-    let read_back = if opts.hash {
+    let read_back = if opts.hash && args.verify == crate::cli::VerifyMode::DuringCopy {
         let r = target
             .reader(spec.virtual_size)
             .map_err(|e| format!("{}: cannot be read back: {e}", partial.display()))?;

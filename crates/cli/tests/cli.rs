@@ -281,6 +281,51 @@ fn a_stray_write_into_the_target_mid_copy_fails_verification_and_removes_it() {
 }
 
 #[test]
+fn after_copy_verification_sees_a_write_into_a_chunk_already_copied() {
+    let ws = Ws::new();
+    let img = ws.path("d.raw");
+    let data = random_bytes(16 << 20, 7);
+    std::fs::write(&img, &data).unwrap();
+    let dst = ws.mkdir("dst");
+    let child = ws.spawn_slow_migrate_with(&img, &dst, "4M", &["--verify", "after-copy"]);
+    // Another process keeps writing into the first chunk while the job runs, so its bytes
+    // are there after the copy wrote that chunk (and read it back, were it verifying during
+    // the copy).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dst) = (stop.clone(), dst.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let partial = std::fs::read_dir(&dst)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .find(|p| p.to_string_lossy().ends_with(".vmshift-partial"));
+                if let Some(f) =
+                    partial.and_then(|p| std::fs::OpenOptions::new().write(true).open(p).ok())
+                {
+                    let _ = std::os::unix::fs::FileExt::write_all_at(&f, b"stray", 5);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("verification failed") && err.contains("0x5 "),
+        "{err}"
+    );
+    let r = last_report(&out);
+    assert_eq!(r["verification"]["method"], "after-copy");
+    assert_eq!(r["verification"]["first_mismatch_offset"], 5);
+    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+    assert_eq!(std::fs::read(&img).unwrap(), data);
+}
+
+#[test]
 fn io_direct_copies_verifies_and_says_so() {
     let ws = Ws::new();
     let img = ws.path("d.qcow2");

@@ -62,6 +62,17 @@ impl Ws {
     /// Starts `vmshift migrate SRC --to DST --bwlimit LIMIT --json` in the background (for
     /// tests that act on a job while it copies).
     pub fn spawn_slow_migrate(&self, src: &Path, dst: &Path, limit: &str) -> std::process::Child {
+        self.spawn_slow_migrate_with(src, dst, limit, &[])
+    }
+
+    /// [`Ws::spawn_slow_migrate`] with `extra` arguments.
+    pub fn spawn_slow_migrate_with(
+        &self,
+        src: &Path,
+        dst: &Path,
+        limit: &str,
+        extra: &[&str],
+    ) -> std::process::Child {
         std::process::Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
             .args([
                 "migrate",
@@ -72,6 +83,7 @@ impl Ws {
                 limit,
                 "--json",
             ])
+            .args(extra)
             .env("VMSHIFT_STATE_DIR", self.path("state"))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
