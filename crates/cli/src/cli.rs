@@ -106,7 +106,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Continue an interrupted or failed offline job from its last checkpoint.
+    /// Continue an interrupted or failed job: offline from its last checkpoint; live by
+    /// mirroring again (before the pivot) or finishing its phases (after it).
     Resume {
         /// Job id or a unique prefix of it.
         job: String,
@@ -125,7 +126,8 @@ pub enum Command {
         #[arg(long)]
         keep_partial: bool,
     },
-    /// Undo a succeeded offline job: delete its target (the source must still exist).
+    /// Undo a succeeded job: offline, delete its target (the source must still exist); live,
+    /// mirror the disks back to their old place as a new job.
     Rollback {
         /// Job id or a unique prefix of it.
         job: String,
