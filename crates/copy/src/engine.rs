@@ -297,26 +297,25 @@ pub fn copy_image_with(
                 let len = buf.len() as u64;
                 // One hash pass over the source bytes serves the source digest, the journal
                 // and (when the read-back matches) the target digest.
-                let hashed = digest.is_some() || hooks.on_chunk.is_some();
-                let blocks = if hashed || hooks.read_back.is_some() {
-                    block_hashes(start, buf)
-                } else {
-                    Vec::new()
-                };
+                let blocks =
+                    if digest.is_some() || hooks.on_chunk.is_some() || hooks.read_back.is_some() {
+                        block_hashes(start, buf)
+                    } else {
+                        Vec::new()
+                    };
                 if let Some(d) = &digest {
                     d.extend(&blocks);
                 }
                 if let Some(rb) = hooks.read_back {
                     rb.chunk(idx, buf, &blocks)?;
                 }
-                let chunk_digest = hooks.on_chunk.map(|_| chunk_digest_of(&blocks, len));
-                if let (Some(cb), Some(digest)) = (hooks.on_chunk, chunk_digest) {
+                if let Some(cb) = hooks.on_chunk {
                     cb(ChunkDone {
                         index: idx,
                         offset: start,
                         len,
                         bytes: written,
-                        digest,
+                        digest: chunk_digest_of(&blocks, len),
                     })?;
                 }
                 counters.add_done(len);
