@@ -235,7 +235,7 @@ pub fn copy_image_with(
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
     let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested());
-    for_each_unit(
+    let copied = for_each_unit(
         &work,
         opts.threads,
         opts.chunk,
@@ -322,7 +322,9 @@ pub fn copy_image_with(
                 Ok(())
             }
         },
-    )?;
+    );
+    fast.release_all();
+    copied?;
     // Zero extents outside data chunks were skipped too, written or not.
     let zero_total: u64 = extents
         .iter()

@@ -88,8 +88,8 @@ pub(crate) fn reopen_direct(file: &File) -> Option<File> {
 /// The largest page-cache folio on x86-64 (a PMD), in bytes.
 const FOLIO_MAX: u64 = 2 << 20;
 
-/// `POSIX_FADV_DONTNEED` for `[offset, offset + len)` of `file`; errors are ignored (the
-/// advice only frees memory early).
+/// `POSIX_FADV_DONTNEED` for `[offset, offset + len)` of `file` (`len` 0: to its end);
+/// errors are ignored (the advice only frees memory early).
 fn dont_need(file: &File, offset: u64, len: u64) {
     let _ = rustix::fs::fadvise(
         file,
@@ -209,6 +209,24 @@ impl<'a> FastSource<'a> {
                         }
                     }
                     pos += n;
+                }
+            }
+        }
+    }
+
+    /// Drops what is left of the source in the page cache once the copy is over: pages that
+    /// readahead brought in after their range was released, and pages that were busy (being
+    /// read by another worker) when it was. Whole files: every layer the copy released from.
+    pub fn release_all(&self) {
+        if self.enabled {
+            return;
+        }
+        match self.reader {
+            ImageReader::Raw { file, .. } => dont_need(file, 0, 0),
+            ImageReader::Imago { .. } => {
+                let layers = self.cached_layers.lock().unwrap_or_else(|p| p.into_inner());
+                for f in layers.values().flatten() {
+                    dont_need(f, 0, 0);
                 }
             }
         }
