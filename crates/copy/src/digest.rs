@@ -57,19 +57,7 @@ impl SparseDigest {
     pub fn add(&self, offset: u64, buf: &[u8]) {
         debug_assert_eq!(offset % DIGEST_BLOCK, 0);
         let usable = buf_index(self.size.saturating_sub(offset).min(buf.len() as u64));
-        let mut local = Vec::new();
-        for (i, block) in buf[..usable].chunks(buf_index(DIGEST_BLOCK)).enumerate() {
-            if !is_zero(block) {
-                local.push((
-                    offset / DIGEST_BLOCK + i as u64,
-                    *blake3::hash(block).as_bytes(),
-                ));
-            }
-        }
-        if !local.is_empty() {
-            let mut map = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            map.extend(local);
-        }
+        self.extend(&block_hashes(offset, &buf[..usable]));
     }
 
     /// The final digest as lowercase hex.

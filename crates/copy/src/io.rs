@@ -85,6 +85,23 @@ pub(crate) fn reopen_direct(file: &File) -> Option<File> {
     )))
 }
 
+/// Layer files opened once each, by path, with `open` (`None` when it failed).
+type LayerFiles = Mutex<HashMap<PathBuf, Option<std::sync::Arc<File>>>>;
+
+/// The file of `storage` from `files`, opened with `open` the first time it is asked for.
+fn layer_file(
+    files: &LayerFiles,
+    storage: &ImageFile,
+    open: impl FnOnce(&std::path::Path) -> Option<File>,
+) -> Option<std::sync::Arc<File>> {
+    use imago::Storage;
+    let path = storage.get_filename()?;
+    let mut map = files.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(path)
+        .or_insert_with_key(|p| open(p).map(std::sync::Arc::new))
+        .clone()
+}
+
 /// The largest page-cache folio on x86-64 (a PMD), in bytes.
 const FOLIO_MAX: u64 = 2 << 20;
 
@@ -138,10 +155,10 @@ pub struct FastSource<'a> {
     /// Raw source: its direct descriptor.
     raw: Option<File>,
     /// qcow2 chains: a direct descriptor per layer file, by path (`None` when refused).
-    layers: Mutex<HashMap<PathBuf, Option<std::sync::Arc<File>>>>,
+    layers: LayerFiles,
     /// qcow2 chains read through the page cache: a plain descriptor per layer file, by path,
     /// for [`FastSource::release`].
-    cached_layers: Mutex<HashMap<PathBuf, Option<std::sync::Arc<File>>>>,
+    cached_layers: LayerFiles,
     enabled: bool,
 }
 
@@ -162,12 +179,7 @@ impl<'a> FastSource<'a> {
     }
 
     fn layer_fd(&self, storage: &ImageFile) -> Option<std::sync::Arc<File>> {
-        use imago::Storage;
-        let path = storage.get_filename()?;
-        let mut map = self.layers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(path)
-            .or_insert_with_key(|p| open_direct(p).map(std::sync::Arc::new))
-            .clone()
+        layer_file(&self.layers, storage, open_direct)
     }
 
     /// Drops from the page cache the source's pages that hold guest bytes
@@ -233,12 +245,7 @@ impl<'a> FastSource<'a> {
     }
 
     fn cached_layer_fd(&self, storage: &ImageFile) -> Option<std::sync::Arc<File>> {
-        use imago::Storage;
-        let path = storage.get_filename()?;
-        let mut map = self.cached_layers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(path)
-            .or_insert_with_key(|p| File::open(p).ok().map(std::sync::Arc::new))
-            .clone()
+        layer_file(&self.cached_layers, storage, |p| File::open(p).ok())
     }
 
     /// Reads exactly `buf.len()` guest bytes at `offset` (all inside the virtual size).
