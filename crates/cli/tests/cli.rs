@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn sample(ws: &Ws) -> std::path::PathBuf {
@@ -229,6 +230,28 @@ fn demo_runs_the_main_job_on_a_sample_vm_disk() {
     assert!(listing.contains("hostname"), "{listing}");
 }
 
+/// The `.vmshift-partial` target in `dst`, if there is one yet.
+fn partial_in(dst: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dst)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".vmshift-partial"))
+}
+
+/// The job failed verification at guest `offset` (error, report) and left `dst` empty.
+fn assert_verification_failed(out: &std::process::Output, dst: &Path, offset: u64) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    let err = stderr(out);
+    assert!(
+        err.contains("verification failed") && err.contains(&format!("offset {offset:#x} ")),
+        "{err}"
+    );
+    let r = last_report(out);
+    assert_eq!(r["verification"]["result"], "mismatch");
+    assert_eq!(r["verification"]["first_mismatch_offset"], offset);
+    assert!(listing(dst).is_empty(), "{:?}", listing(dst));
+}
+
 #[test]
 fn a_stray_write_into_the_target_mid_copy_fails_verification_and_removes_it() {
     let ws = Ws::new();
@@ -248,11 +271,7 @@ fn a_stray_write_into_the_target_mid_copy_fails_verification_and_removes_it() {
     // reads it.
     let t = Instant::now();
     let partial = loop {
-        let found = std::fs::read_dir(&dst)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".vmshift-partial"));
-        match found {
+        match partial_in(&dst) {
             Some(p) => break p,
             None if t.elapsed() < Duration::from_secs(30) => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -267,16 +286,7 @@ fn a_stray_write_into_the_target_mid_copy_fails_verification_and_removes_it() {
     std::os::unix::fs::FileExt::write_all_at(&f, b"stray", 28 * M + 5).unwrap();
     drop(f);
     let out = child.finish();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("verification failed") && err.contains("0x1c00005"),
-        "{err}"
-    );
-    let r = last_report(&out);
-    assert_eq!(r["verification"]["result"], "mismatch");
-    assert_eq!(r["verification"]["first_mismatch_offset"], 28 * M + 5);
-    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+    assert_verification_failed(&out, &dst, 28 * M + 5);
     assert_eq!(std::fs::read(&img).unwrap()[..16 << 20], data[..]);
 }
 
@@ -296,12 +306,8 @@ fn after_copy_verification_sees_a_write_into_a_chunk_already_copied() {
         let (stop, dst) = (stop.clone(), dst.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let partial = std::fs::read_dir(&dst)
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .find(|p| p.to_string_lossy().ends_with(".vmshift-partial"));
-                if let Some(f) =
-                    partial.and_then(|p| std::fs::OpenOptions::new().write(true).open(p).ok())
+                if let Some(f) = partial_in(&dst)
+                    .and_then(|p| std::fs::OpenOptions::new().write(true).open(p).ok())
                 {
                     let _ = std::os::unix::fs::FileExt::write_all_at(&f, b"stray", 5);
                 }
@@ -312,16 +318,8 @@ fn after_copy_verification_sees_a_write_into_a_chunk_already_copied() {
     let out = child.wait_with_output().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("verification failed") && err.contains("0x5 "),
-        "{err}"
-    );
-    let r = last_report(&out);
-    assert_eq!(r["verification"]["method"], "after-copy");
-    assert_eq!(r["verification"]["first_mismatch_offset"], 5);
-    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+    assert_verification_failed(&out, &dst, 5);
+    assert_eq!(last_report(&out)["verification"]["method"], "after-copy");
     assert_eq!(std::fs::read(&img).unwrap(), data);
 }
 
