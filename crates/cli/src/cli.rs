@@ -106,7 +106,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Continue an interrupted or failed job: offline from its last checkpoint; live by
+    /// Continue an interrupted, failed or cancelled job: offline from its last checkpoint; live by
     /// mirroring again (before the pivot) or finishing its phases (after it).
     Resume {
         /// Job id or a unique prefix of it.
@@ -175,7 +175,7 @@ pub struct MigrateArgs {
     pub no_verify: bool,
     /// When an offline copy's target is read back to verify it: `during-copy` (each chunk
     /// right after its writes) or `after-copy` (the whole target again once it is synced).
-    #[arg(long, value_enum, default_value_t = VerifyMode::DuringCopy, conflicts_with = "no_verify")]
+    #[arg(long, value_enum, default_value_t = VerifyMode::DuringCopy, conflicts_with_all = ["no_verify", "qmp"])]
     #[serde(default)]
     pub verify: VerifyMode,
     /// Delete the source after a successful verification (never while another image uses

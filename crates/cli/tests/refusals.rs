@@ -142,23 +142,25 @@ fn bad_usage_exits_2_with_one_line() {
 }
 
 #[test]
-fn io_direct_is_refused_for_a_live_copy() {
+fn offline_io_and_verify_modes_are_refused_for_a_live_copy() {
     let ws = Ws::new();
-    let out = ws
-        .vmshift()
-        .args([
-            "migrate",
-            "--qmp",
-            "/tmp/x.sock",
-            "--to",
-            "/tmp",
-            "--io",
-            "direct",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--io"), "{}", stderr(&out));
+    for (flag, value) in [("--io", "direct"), ("--verify", "after-copy")] {
+        let out = ws
+            .vmshift()
+            .args([
+                "migrate",
+                "--qmp",
+                "/tmp/x.sock",
+                "--to",
+                "/tmp",
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+    }
 }
 
 #[test]
