@@ -28,8 +28,9 @@ pub enum FormatArg {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum IoMode {
-    /// Through the page cache, written back by the kernel (the source's pages are dropped once
-    /// read); verification reads the target back from it.
+    /// Through the page cache, a few chunks of it at a time: the source's pages are dropped
+    /// once read, the target's handed to the disk as each chunk is done and dropped once
+    /// written; verification reads each chunk back from the cache before that.
     #[default]
     Buffered,
     /// `O_DIRECT` source reads and target writes where the file systems allow it, like

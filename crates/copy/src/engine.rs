@@ -1,12 +1,15 @@
 //! The copy engine: `threads` workers pull work units in order, read each data chunk from the
 //! source, write its non-zero runs to the target, zero what must read as zero, hash the chunk
-//! for verification, and honour the bandwidth limit and cancellation between chunks.
+//! for verification, and honour the bandwidth limit and cancellation between chunks. Buffered
+//! copies drop each chunk's source pages and hand its target pages to the disk a few chunks
+//! later ([`crate::writeback`]), so the page cache holds a few chunks, not the image.
 
 use crate::digest::{block_hashes, chunk_digest_of, SparseDigest};
 use crate::io::{AlignedBuf, FastSource};
 use crate::plan::{clip, plan_units, Unit};
 use crate::readback::ReadBack;
 use crate::throttle::Throttle;
+use crate::writeback::{Lag, WriteBehind};
 use crate::zero::zero_runs;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -235,6 +238,12 @@ pub fn copy_image_with(
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
     let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested());
+    // Source pages are dropped a few chunks late: the widened ranges of a qcow2 source
+    // reach into neighbouring chunks, which must have been read by then.
+    let read_behind = Lag::new(opts.threads);
+    // One chunk per worker in writeback: enough to keep the disk busy (2 GiB raw→raw:
+    // 1, 4, 8 and 16 measured alike; README, "Performance").
+    let behind = WriteBehind::new(target, opts.threads, !opts.direct);
     let copied = for_each_unit(
         &work,
         opts.threads,
@@ -251,7 +260,9 @@ pub fn copy_image_with(
             Unit::Chunk(idx) => {
                 let start = idx * opts.chunk;
                 let pieces = fill_pieces(extents, start, buf, |dst, off| fast.read_at(dst, off))?;
-                fast.release(start, buf.len() as u64);
+                for (o, n) in read_behind.push((start, buf.len() as u64)) {
+                    fast.release(o, n);
+                }
                 // Wait before writing, so a limited copy never bursts ahead of its rate.
                 let data_read: u64 = pieces
                     .iter()
@@ -309,6 +320,7 @@ pub fn copy_image_with(
                 if let Some(rb) = hooks.read_back {
                     rb.chunk(idx, buf, &blocks)?;
                 }
+                behind.chunk_done(start, len);
                 if let Some(cb) = hooks.on_chunk {
                     cb(ChunkDone {
                         index: idx,
@@ -324,6 +336,7 @@ pub fn copy_image_with(
         },
     );
     fast.release_all();
+    behind.finish();
     copied?;
     // Zero extents outside data chunks were skipped too, written or not.
     let zero_total: u64 = extents

@@ -1,5 +1,6 @@
 //! The engine's fast I/O paths: page-aligned chunk buffers, `O_DIRECT` reads of the source
-//! (raw files and the host clusters of qcow2 chains), and early writeback of the target.
+//! (raw files and the host clusters of qcow2 chains), and dropping a buffered copy's source
+//! pages once read.
 //!
 //! Everything here is an optimisation with a plain fallback: when a file system refuses
 //! `O_DIRECT`, or a request is not aligned, or a cluster is compressed, the read goes through
@@ -103,7 +104,7 @@ fn layer_file(
 }
 
 /// The largest page-cache folio on x86-64 (a PMD), in bytes.
-const FOLIO_MAX: u64 = 2 << 20;
+pub(crate) const FOLIO_MAX: u64 = 2 << 20;
 
 /// `POSIX_FADV_DONTNEED` for `[offset, offset + len)` of `file` (`len` 0: to its end);
 /// errors are ignored (the advice only frees memory early).

@@ -7,6 +7,7 @@
 //! - [`zero`]: zero detection.
 //! - [`io`]: aligned buffers, `O_DIRECT` source reads.
 //! - [`throttle`]: the bandwidth limit.
+//! - [`writeback`]: write-behind, so a buffered copy's target pages never pile up.
 
 pub mod digest;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod io;
 pub mod plan;
 pub mod readback;
 pub mod throttle;
+pub mod writeback;
 pub mod zero;
 
 pub use digest::{

@@ -1,8 +1,8 @@
-//! Direct I/O (`--io direct`): the copy and its read-back bypass the page cache — `fincore`
-//! finds none of the target's data cached afterwards, where a buffered copy leaves it all —
-//! and the target still holds exactly the source's guest view, for raw and qcow2 targets,
-//! with an unaligned tail that has to go through the buffered path. A buffered copy drops the
-//! source's data from the page cache once read (raw files and qcow2 data clusters).
+//! The page cache: a direct copy (`--io direct`) and its read-back bypass it, and the target
+//! still holds exactly the source's guest view, for raw and qcow2 targets, with an unaligned
+//! tail that has to go through the buffered path. A buffered copy drops the source's data
+//! once read (raw files and qcow2 data clusters) and the target's once written back
+//! (write-behind): `fincore` finds neither cached afterwards.
 
 mod common;
 use common::*;
@@ -10,6 +10,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
+use vmshift_copy::writeback::WriteBehind;
 use vmshift_copy::{copy_image_with, digest_image, CopyHooks, Counters, ReadBack};
 use vmshift_image::chain::LayerFormat;
 use vmshift_image::ImageReader;
@@ -116,17 +117,55 @@ fn direct_copies_bypass_the_page_cache_and_stay_identical() {
 }
 
 #[test]
-fn a_direct_copy_leaves_the_targets_data_out_of_the_page_cache() {
+fn no_copy_leaves_the_targets_data_in_the_page_cache() {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = tempfile::tempdir_in(base).unwrap();
     let src = open(&source(dir.path()));
     for format in [LayerFormat::Raw, LayerFormat::Qcow2] {
         let (_, b) = copy(dir.path(), &src, format, false);
         let (_, d) = copy(dir.path(), &src, format, true);
-        assert!(b >= 12 * M, "{format:?}: buffered copy cached {b} bytes");
-        // At most the qcow2 header read at creation and the raw tail page (not a whole
-        // block: written through the page cache) are cached.
+        // Direct writes bypass the cache: at most the qcow2 header read at creation and the
+        // raw tail page (not a whole block: written through the page cache) are cached.
         assert!(d <= 64 << 10, "{format:?}: direct copy cached {d} bytes");
+        // Buffered writes are dropped once on the disk (write-behind); the qcow2 tables
+        // written by the final sync stay.
+        assert!(b <= 512 << 10, "{format:?}: buffered copy cached {b} bytes");
+    }
+}
+
+#[test]
+fn write_behind_keeps_only_its_last_chunks_in_the_page_cache() {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let (chunk, chunks, depth) = (2 * M, 32u64, 4u64);
+    let data: Vec<u8> = (0..chunk).map(|i| (i % 241) as u8 + 1).collect();
+    for format in [LayerFormat::Raw, LayerFormat::Qcow2] {
+        let path = dir.path().join(format!("wb.{}", format.as_str()));
+        let target = new_target(&path, format, chunk * chunks, false);
+        let wb = WriteBehind::new(&target, usize::try_from(depth).unwrap(), true);
+        let mut most = 0;
+        for i in 0..chunks {
+            target.write_at(&data, i * chunk).unwrap();
+            wb.chunk_done(i * chunk, chunk);
+            most = most.max(cached(&path));
+        }
+        // The chunks held back, a 2 MiB block of their neighbour and the qcow2 header and
+        // tables, never the 64 MiB written.
+        assert!(
+            most <= (depth + 2) * chunk,
+            "{format:?}: {most} bytes cached while writing"
+        );
+        wb.finish();
+        target.sync().unwrap();
+        let left = cached(&path);
+        assert!(
+            left <= 512 << 10,
+            "{format:?}: {left} bytes cached at the end"
+        );
+        let got = open(&path);
+        let mut buf = vec![0u8; usize::try_from(chunk).unwrap()];
+        got.read_at(&mut buf, (chunks - 1) * chunk).unwrap();
+        assert!(buf == data, "{format:?}: last chunk reads back wrong");
     }
 }
 
