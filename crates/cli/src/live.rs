@@ -506,9 +506,11 @@ pub fn run_migrate_with(
                 if p.phase == "pivoted" {
                     crate::jobs::test_kill_point("live:pivoted");
                 }
+                // After the pivot the old nodes are detached ("pivoted" → "done"): cleanup,
+                // as is the undo of a failed job ("cleanup").
                 let ph = match p.phase {
                     "sampling" | "copying" => Phase::Copy,
-                    "pivoting" | "done" => Phase::Cutover,
+                    "pivoting" => Phase::Cutover,
                     _ => Phase::Cleanup,
                 };
                 if ph != phase_now {

@@ -83,14 +83,25 @@ fn migrate_qmp_json_moves_a_writing_guest_and_reports_pivot_ms() {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    assert!(events
+    // Each phase once, in the order they happen.
+    let started: Vec<&str> = events
         .iter()
-        .any(|e| e["event"] == "phase" && e["phase"] == "cutover"));
+        .filter(|e| e["event"] == "phase" && e["state"] == "started")
+        .filter_map(|e| e["phase"].as_str())
+        .collect();
+    assert_eq!(started, ["check", "copy", "cutover", "cleanup"], "{stdout}");
     let report = &events
         .iter()
         .rev()
         .find(|e| e["event"] == "report")
         .expect("report event")["report"];
+    let recorded: Vec<&str> = report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(recorded, started);
     assert_eq!(report["kind"], "live");
     assert_eq!(report["status"], "succeeded");
     let d = &report["disks"][0];
