@@ -144,7 +144,9 @@ pub struct Checkpointer<'a> {
     partial: &'a Path,
     pending: Mutex<Pending>,
     flushing: Mutex<()>,
-    failed: Mutex<Option<String>>,
+    /// The first checkpoint failure: its message, and the I/O error kind when the target's
+    /// fsync failed (so running out of space is told as such).
+    failed: Mutex<Option<(String, Option<std::io::ErrorKind>)>>,
 }
 
 impl<'a> Checkpointer<'a> {
@@ -168,15 +170,19 @@ impl<'a> Checkpointer<'a> {
     /// The engine's per-chunk callback: queues the chunk for the next checkpoint.
     ///
     /// # Errors
-    /// [`CopyError::Hook`] when an earlier checkpoint could not be made durable.
+    /// The error of an earlier checkpoint that could not be made durable
+    /// ([`CopyError::Writeback`] or [`CopyError::Hook`], as [`Checkpointer::flush`]).
     pub fn chunk_done(&self, c: ChunkDone) -> Result<(), CopyError> {
-        if let Some(e) = self
+        if let Some((msg, kind)) = self
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
         {
-            return Err(CopyError::Hook(e));
+            return Err(match kind {
+                Some(k) => CopyError::Writeback(std::io::Error::new(k, msg)),
+                None => CopyError::Hook(msg),
+            });
         }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.chunks.push(ChunkRecord {
@@ -204,7 +210,15 @@ impl<'a> Checkpointer<'a> {
             };
             if due {
                 if let Err(e) = self.flush() {
-                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    let kind = match &e {
+                        CopyError::Writeback(io) => Some(io.kind()),
+                        _ => None,
+                    };
+                    let msg = match e {
+                        CopyError::Writeback(io) => io.to_string(),
+                        e => e.to_string(),
+                    };
+                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some((msg, kind));
                     return;
                 }
             }
@@ -214,7 +228,9 @@ impl<'a> Checkpointer<'a> {
     /// Makes every completed chunk durable and records it (end of copy).
     ///
     /// # Errors
-    /// [`CopyError::Hook`] naming the file that failed.
+    /// [`CopyError::Writeback`] naming the file when its fsync failed (the error's kind
+    /// kept: running out of space is told as such); [`CopyError::Hook`] when the journal
+    /// could not record the checkpoint.
     pub fn flush(&self) -> Result<(), CopyError> {
         let _g = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         self.flush_now()
@@ -234,9 +250,12 @@ impl<'a> Checkpointer<'a> {
         // Data first: every chunk in `batch` finished its writes before it was queued.
         let t = Instant::now();
         self.target.sync().map_err(|e| {
-            CopyError::Hook(format!(
-                "{}: fsync failed at a checkpoint: {e}",
-                self.partial.display()
+            CopyError::Writeback(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: fsync failed at a checkpoint: {e}",
+                    self.partial.display()
+                ),
             ))
         })?;
         test_kill_point(&format!("checkpoint:{n}"));

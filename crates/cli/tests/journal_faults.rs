@@ -320,3 +320,90 @@ fn a_truncated_journal_is_named_and_readable_jobs_are_still_listed() {
         _ => assert!(err.contains(p(&db)), "{err}"),
     }
 }
+
+/// A thin-provisioned datastore: ext4 on a loop device whose backing file is sparse on a
+/// tmpfs of `pool` (e.g. `96m`), far smaller than the 1 GiB file system. Writes are accepted
+/// into the page cache and fail only when written back, as on thin LVM, iSCSI or NFS with a
+/// quota.
+struct ThinDatastore {
+    pool: Tmpfs,
+    dev: String,
+    mnt: std::path::PathBuf,
+}
+
+impl ThinDatastore {
+    fn mount(ws: &Ws, pool: &str) -> ThinDatastore {
+        let pool = Tmpfs::mount(&ws.path("pool"), pool);
+        let back = pool.0.join("disk.img");
+        run("truncate", &["-s", "1G", p(&back)]);
+        let dev = run("losetup", &["-f", "--show", p(&back)])
+            .trim()
+            .to_string();
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-J",
+                "size=16",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+                &dev,
+            ],
+        );
+        let mnt = ws.path("thin");
+        std::fs::create_dir_all(&mnt).unwrap();
+        run("mount", &[&dev, p(&mnt)]);
+        ThinDatastore { pool, dev, mnt }
+    }
+}
+
+impl Drop for ThinDatastore {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+        let _ = &self.pool;
+    }
+}
+
+#[test]
+fn a_datastore_failing_at_writeback_fails_the_job_and_loses_nothing() {
+    if !is_root() {
+        eprintln!("needs root for loop devices; skipped");
+        return;
+    }
+    let ws = Ws::new();
+    let src = ws.path("d.raw");
+    let data = random_bytes(usize::try_from(160 * M).unwrap(), 21);
+    std::fs::write(&src, &data).unwrap();
+    // ~35 MiB of the pool go to the file system's own tables: the copy fails past ~60 MiB.
+    let thin = ThinDatastore::mount(&ws, "96m");
+    for extra in [&[][..], &["--no-journal"][..]] {
+        let out = ws
+            .vmshift()
+            .args(["migrate", p(&src), "--to", p(&thin.mnt), "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", stderr(&out));
+        let r = last_report(&out);
+        assert_eq!(r["status"], "failed", "{extra:?}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("No space left") || msg.contains("Input/output error"),
+            "{extra:?}: {msg}"
+        );
+        // No target, no partial (nothing was asked to be kept).
+        assert_eq!(
+            listing(&thin.mnt),
+            vec!["lost+found".to_string()],
+            "{extra:?}"
+        );
+        assert_eq!(
+            std::fs::read(&src).unwrap(),
+            data,
+            "{extra:?}: source changed"
+        );
+    }
+}

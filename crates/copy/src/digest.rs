@@ -136,7 +136,8 @@ pub fn digest_image(
 }
 
 /// [`digest_image`], reading with `O_DIRECT` where possible when `direct` is set (the
-/// image's data does not pass through, nor stay in, the page cache).
+/// image's data does not pass through the page cache); buffered reads are dropped from it
+/// once hashed ([`crate::io::FastSource::release`]), so neither way leaves the image cached.
 ///
 /// # Errors
 /// [`CopyError`] on a read error or cancellation.
@@ -163,16 +164,26 @@ pub fn digest_image_with(
         .sum();
     counters.start_pass(pass);
     let digest = SparseDigest::new(size);
-    for_each_unit(&units, threads, chunk, size, cancel, |unit, buf| {
+    // Read once: dropped from the page cache a few chunks later, as the copy does.
+    let read_behind = crate::writeback::Lag::new(threads);
+    let read = for_each_unit(&units, threads, chunk, size, cancel, |unit, buf| {
         let Unit::Chunk(idx) = unit else {
             return Ok(());
         };
         let start = idx * chunk;
         crate::engine::fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
         digest.add(start, buf);
+        for (o, n) in read_behind.push((start, buf.len() as u64)) {
+            fast.release(o, n);
+        }
         counters.add_done(buf.len() as u64);
         Ok(())
-    })?;
+    });
+    for (o, n) in read_behind.take_all() {
+        fast.release(o, n);
+    }
+    fast.release_all();
+    read?;
     Ok(digest)
 }
 

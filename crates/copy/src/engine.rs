@@ -45,6 +45,11 @@ pub enum CopyError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The kernel could not write part of the target back to the disk: found by the
+    /// write-behind of a buffered copy ([`crate::writeback`]; which range is not known) or
+    /// by an `fsync` of the target (the message names it).
+    #[error("writing the target back to disk failed: {0}")]
+    Writeback(io::Error),
     /// The cancel flag was raised; stopped at a chunk boundary.
     #[error("cancelled")]
     Cancelled,
@@ -70,9 +75,17 @@ impl CopyError {
         CopyError::ReadBack { offset, source }
     }
 
-    /// The target ran out of space.
+    /// The target ran out of space (ENOSPC) or quota (EDQUOT), while writing or writing back.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, CopyError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        let source = match self {
+            CopyError::Write { source, .. } | CopyError::Writeback(source) => source,
+            _ => return false,
+        };
+        // By kind, not errno: a checkpoint's fsync error keeps its kind under its message.
+        matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
     }
 }
 
@@ -320,7 +333,7 @@ pub fn copy_image_with(
                 if let Some(rb) = hooks.read_back {
                     rb.chunk(idx, buf, &blocks)?;
                 }
-                behind.chunk_done(start, len);
+                behind.chunk_done(start, len)?;
                 if let Some(cb) = hooks.on_chunk {
                     cb(ChunkDone {
                         index: idx,
@@ -335,9 +348,13 @@ pub fn copy_image_with(
             }
         },
     );
+    for (o, n) in read_behind.take_all() {
+        fast.release(o, n);
+    }
     fast.release_all();
-    behind.finish();
+    let finished = behind.finish();
     copied?;
+    finished?;
     // Zero extents outside data chunks were skipped too, written or not.
     let zero_total: u64 = extents
         .iter()

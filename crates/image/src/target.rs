@@ -47,6 +47,8 @@ pub enum TargetImage {
     Qcow2 {
         /// The image, with its backing chain attached when it has one.
         image: ImagoImage,
+        /// The image's file.
+        path: PathBuf,
     },
 }
 
@@ -129,7 +131,10 @@ pub fn open_qcow2_target(
         Err(_) if direct => open_chain_imago(&chain, true, false)?,
         other => other?,
     };
-    Ok(TargetImage::Qcow2 { image })
+    Ok(TargetImage::Qcow2 {
+        image,
+        path: path.to_path_buf(),
+    })
 }
 
 /// A second descriptor of `file` opened `O_DIRECT` for writing; `None` where the file system
@@ -201,7 +206,7 @@ impl TargetImage {
                 file.write_all_at(&buf[head..], offset + head as u64)
             }
             TargetImage::Raw { file, .. } => file.write_all_at(buf, offset),
-            TargetImage::Qcow2 { image } => image.write(buf, offset),
+            TargetImage::Qcow2 { image, .. } => image.write(buf, offset),
         }
     }
 
@@ -226,7 +231,7 @@ impl TargetImage {
                     Err(e) => Err(e.into()),
                 }
             }
-            TargetImage::Qcow2 { image } => image.write_zeroes(offset, len),
+            TargetImage::Qcow2 { image, .. } => image.write_zeroes(offset, len),
         }
     }
 
@@ -243,7 +248,7 @@ impl TargetImage {
                 file: file.try_clone()?,
                 size,
             },
-            TargetImage::Qcow2 { image } => ImageReader::Imago {
+            TargetImage::Qcow2 { image, .. } => ImageReader::Imago {
                 image: image.clone(),
                 size,
             },
@@ -257,7 +262,7 @@ impl TargetImage {
     pub fn sync(&self) -> io::Result<()> {
         match self {
             TargetImage::Raw { file, .. } => file.sync_all(),
-            TargetImage::Qcow2 { image } => {
+            TargetImage::Qcow2 { image, .. } => {
                 image.flush()?;
                 image.sync()
             }
