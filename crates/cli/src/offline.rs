@@ -190,6 +190,14 @@ pub fn check_with(args: &MigrateArgs, partial_credit: Option<u64>) -> Checked {
             force_share: args.force_share,
         },
     );
+    if let Some(credit) = partial_credit.filter(|c| *c > 0) {
+        for p in plan.problems.iter_mut().filter(|p| p.code == "no_space") {
+            p.message.push_str(&format!(
+                ", counting the {} the partial target being resumed already holds",
+                format_bytes(credit)
+            ));
+        }
+    }
     if args.delete_source && args.no_verify {
         plan.problems.push(vmshift_core::plan::Problem::new(
             "delete_unverified",
@@ -549,14 +557,21 @@ pub fn run_job(
     let path = write_report(&report, extra_report)?;
     if let Some(l) = &link {
         let partial = partial_path(&c.target_path);
+        // A resume refused at the check changed nothing: the job stays resumable (failed,
+        // its partial target kept) once the cause is fixed.
+        let resume_refused = resuming.is_some() && report.status == JobStatus::Refused;
         let partial_state = match report.status {
             JobStatus::Succeeded => "final",
-            JobStatus::Refused => "none",
+            JobStatus::Refused if !resume_refused => "none",
             _ if partial.exists() => "kept",
             _ => "removed",
         };
         let error = report.error.as_ref().map(|e| e.message.clone());
-        let status = report.status.as_str();
+        let status = if resume_refused {
+            JobStatus::Failed.as_str()
+        } else {
+            report.status.as_str()
+        };
         let path_s = path.display().to_string();
         l.note(|j, id| {
             j.phase_ended(id, 0)?;

@@ -82,6 +82,22 @@ fn out_of_space_fails_clearly_then_resume_completes_after_space_is_freed() {
     let st: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(st["status"], "failed");
     assert_eq!(st["partial_state"], "kept");
+    // Still full: the resume is refused at the check, counting the partial's space, and
+    // the job stays resumable with its partial target.
+    let (code, rr, outr) = resume(&ws, &id);
+    assert_eq!(code, 2, "{}", stderr(&outr));
+    assert_eq!(rr["status"], "refused");
+    let msg = rr["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("counting the"), "{msg}");
+    let status = ws
+        .vmshift()
+        .args(["status", &id, "--json"])
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["partial_state"], "kept", "{st}");
+    assert!(dst.join("d.raw.vmshift-partial").exists());
     // Space freed → resume completes, reusing what was journaled.
     std::fs::remove_file(&filler).unwrap();
     let (code, r2, out2) = resume(&ws, &id);
