@@ -676,6 +676,7 @@ pub fn run_migrate_with(
         let status = report.status.as_str();
         let path_s = path.display().to_string();
         l.note(|j, id| {
+            j.phase_ended(id, 0)?;
             j.set_partial_state(id, "none")?;
             j.set_report(id, &path_s)?;
             j.set_status(id, status, error.as_deref())

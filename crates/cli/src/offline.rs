@@ -841,6 +841,10 @@ fn execute(
                         _ => true,
                     });
             let hint = match (&e, guard.keep) {
+                // No journal (--no-journal): nothing to resume.
+                (e, false) if e.is_no_space() && link.is_none() => {
+                    " (the destination ran out of space; the partial target was removed: free space, then migrate again)"
+                }
                 (e, false) if e.is_no_space() => {
                     " (the destination ran out of space; the partial target was removed: free space, then `vmshift resume` copies it again, or migrate with --keep-partial to keep it)"
                 }

@@ -410,6 +410,12 @@ fn a_datastore_failing_at_writeback_fails_the_job_and_loses_nothing() {
             msg.contains("No space left") || msg.contains("Input/output error"),
             "{extra:?}: {msg}"
         );
+        // Without a journal there is no job to resume, and the hint does not offer one.
+        assert_eq!(
+            extra.is_empty(),
+            msg.contains("vmshift resume"),
+            "{extra:?}: {msg}"
+        );
         // No target, no partial (nothing was asked to be kept).
         assert_eq!(
             listing(&thin.mnt),

@@ -102,6 +102,31 @@ fn migrate_qmp_json_moves_a_writing_guest_and_reports_pivot_ms() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(recorded, started);
+    // The journal has every phase, each ended.
+    let status = vmshift(&dir.path().join("state"))
+        .args([
+            "status",
+            report["job_id"].as_str().expect("job id"),
+            "--json",
+        ])
+        .output()
+        .expect("run vmshift status");
+    let st: Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let journaled: Vec<&str> = st["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(journaled, started, "{st}");
+    assert!(
+        st["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .all(|p| !p["ended_at"].is_null()),
+        "{st}"
+    );
     assert_eq!(report["kind"], "live");
     assert_eq!(report["status"], "succeeded");
     let d = &report["disks"][0];
