@@ -342,7 +342,8 @@ fn a_truncated_journal_is_named_and_readable_jobs_are_still_listed() {
 /// into the page cache and fail only when written back, as on thin LVM, iSCSI or NFS with a
 /// quota.
 struct ThinDatastore {
-    pool: Tmpfs,
+    /// Unmounted last: fields drop after `Drop::drop` has unmounted the file system.
+    _pool: Tmpfs,
     dev: String,
     mnt: std::path::PathBuf,
 }
@@ -369,7 +370,11 @@ impl ThinDatastore {
         let mnt = ws.path("thin");
         std::fs::create_dir_all(&mnt).unwrap();
         run("mount", &[&dev, p(&mnt)]);
-        ThinDatastore { pool, dev, mnt }
+        ThinDatastore {
+            _pool: pool,
+            dev,
+            mnt,
+        }
     }
 }
 
@@ -379,7 +384,6 @@ impl Drop for ThinDatastore {
         let _ = std::process::Command::new("losetup")
             .args(["-d", &self.dev])
             .status();
-        let _ = &self.pool;
     }
 }
 

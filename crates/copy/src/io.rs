@@ -106,6 +106,42 @@ fn layer_file(
 /// The largest page-cache folio on x86-64 (a PMD), in bytes.
 pub(crate) const FOLIO_MAX: u64 = 2 << 20;
 
+/// `[offset, offset + len)` widened to whole [`FOLIO_MAX`] blocks.
+pub(crate) fn widened(offset: u64, len: u64) -> (u64, u64) {
+    let from = offset - offset % FOLIO_MAX;
+    (from, (offset + len).next_multiple_of(FOLIO_MAX) - from)
+}
+
+/// Calls `f(storage, file offset, len)` for each piece of guest `[offset, offset + len)`
+/// that `image` maps to a file (data clusters of any layer; not zeroes, holes or
+/// compressed clusters), in guest order. Stops early where the mapping cannot be read.
+pub(crate) fn for_each_file_range(
+    image: &vmshift_image::reader::ImagoImage,
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(&ImageFile, u64, u64),
+) {
+    let mut pos = 0u64;
+    while pos < len {
+        let Ok((mapping, n)) = image.get_mapping(offset + pos, len - pos) else {
+            return;
+        };
+        let n = n.min(len - pos);
+        if n == 0 {
+            return;
+        }
+        if let imago::Mapping::Raw {
+            storage,
+            offset: host,
+            ..
+        } = mapping
+        {
+            f(storage, host, n);
+        }
+        pos += n;
+    }
+}
+
 /// `POSIX_FADV_DONTNEED` for `[offset, offset + len)` of `file` (`len` 0: to its end);
 /// errors are ignored (the advice only frees memory early).
 fn dont_need(file: &File, offset: u64, len: u64) {
@@ -196,33 +232,14 @@ impl<'a> FastSource<'a> {
         match self.reader {
             ImageReader::Raw { file, .. } => dont_need(file, offset, len),
             ImageReader::Imago { image, .. } => {
-                let mut pos = 0u64;
-                while pos < len {
-                    let Ok((mapping, n)) = image.get_mapping(offset + pos, len - pos) else {
-                        return;
-                    };
-                    let n = n.min(len - pos);
-                    if n == 0 {
-                        return;
+                for_each_file_range(image, offset, len, |storage, host, n| {
+                    if let Some(f) = self.cached_layer_fd(storage) {
+                        // Clusters need not start on a folio boundary, and the kernel keeps
+                        // a large folio (up to 2 MiB) that the range only partly covers.
+                        let (from, n) = widened(host, n);
+                        dont_need(&f, from, n);
                     }
-                    if let imago::Mapping::Raw {
-                        storage,
-                        offset: host,
-                        ..
-                    } = mapping
-                    {
-                        if let Some(f) = self.cached_layer_fd(storage) {
-                            // Clusters need not start on a folio boundary, and the kernel
-                            // keeps a large folio (up to 2 MiB) that the range only partly
-                            // covers: widen the range to whole 2 MiB blocks. A neighbour's
-                            // pages dropped early are only read again.
-                            let from = host - host % FOLIO_MAX;
-                            let to = (host + n).next_multiple_of(FOLIO_MAX);
-                            dont_need(&f, from, to - from);
-                        }
-                    }
-                    pos += n;
-                }
+                });
             }
         }
     }
@@ -301,6 +318,13 @@ impl<'a> FastSource<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_widen_to_whole_large_folios() {
+        assert_eq!(widened(0, FOLIO_MAX), (0, FOLIO_MAX));
+        assert_eq!(widened(320 << 10, FOLIO_MAX), (0, 2 * FOLIO_MAX));
+        assert_eq!(widened(FOLIO_MAX + 1, 1), (FOLIO_MAX, FOLIO_MAX));
+    }
 
     #[test]
     fn aligned_buffers_start_on_a_page_and_are_zeroed() {

@@ -16,7 +16,7 @@
 //! error too: the kernel reports a writeback error once per open file description.
 
 use crate::engine::CopyError;
-use crate::io::FOLIO_MAX;
+use crate::io::{for_each_file_range, widened};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -151,32 +151,16 @@ impl<'a> WriteBehind<'a> {
             return vec![(offset, len)];
         };
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let mut pos = 0u64;
-        while pos < len {
-            let Ok((mapping, n)) = image.get_mapping(offset + pos, len - pos) else {
-                break;
-            };
-            let n = n.min(len - pos);
-            if n == 0 {
-                break;
-            }
-            if let imago::Mapping::Raw {
-                storage,
-                offset: host,
-                ..
-            } = mapping
-            {
-                use imago::Storage;
-                if storage.get_filename() == self.qcow2_path {
-                    // Clusters allocated one after another merge into one range.
-                    match ranges.last_mut() {
-                        Some((o, l)) if *o + *l == host => *l += n,
-                        _ => ranges.push((host, n)),
-                    }
+        for_each_file_range(image, offset, len, |storage, host, n| {
+            use imago::Storage;
+            if storage.get_filename() == self.qcow2_path {
+                // Clusters allocated one after another merge into one range.
+                match ranges.last_mut() {
+                    Some((o, l)) if *o + *l == host => *l += n,
+                    _ => ranges.push((host, n)),
                 }
             }
-            pos += n;
-        }
+        });
         ranges
     }
 }
@@ -230,12 +214,6 @@ fn drop_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// `[offset, offset + len)` widened to whole [`FOLIO_MAX`] blocks.
-fn widened(offset: u64, len: u64) -> (u64, u64) {
-    let from = offset - offset % FOLIO_MAX;
-    (from, (offset + len).next_multiple_of(FOLIO_MAX) - from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,12 +231,5 @@ mod tests {
         let lag = Lag::new(0);
         assert!(lag.push('a').is_empty());
         assert_eq!(lag.push('b'), vec!['a']);
-    }
-
-    #[test]
-    fn ranges_widen_to_whole_large_folios() {
-        assert_eq!(widened(0, FOLIO_MAX), (0, FOLIO_MAX));
-        assert_eq!(widened(320 << 10, FOLIO_MAX), (0, 2 * FOLIO_MAX));
-        assert_eq!(widened(FOLIO_MAX + 1, 1), (FOLIO_MAX, FOLIO_MAX));
     }
 }

@@ -186,6 +186,20 @@ fn cache_clean(path: &Path) {
     std::io::copy(&mut f, &mut std::io::sink()).unwrap();
 }
 
+/// `qemu-img convert` of the raw image `raw` into a new qcow2 at `qcow2`.
+fn to_qcow2(raw: &Path, qcow2: &Path) {
+    run(&[
+        "qemu-img",
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        qcow2.to_str().unwrap(),
+    ]);
+}
+
 /// A raw source (`source`) and a 256 MiB qcow2 in `dir`. Read through readahead, the qcow2's
 /// data sits in large folios that its clusters (which start 320 KiB into the file) only
 /// partly cover.
@@ -195,16 +209,7 @@ fn cacheable_sources(dir: &Path) -> [PathBuf; 2] {
     let block: Vec<u8> = (0..M).map(|i| (i % 253) as u8 + 1).collect();
     std::fs::write(&big, block.repeat(256)).unwrap();
     let qcow2 = dir.join("src.qcow2");
-    run(&[
-        "qemu-img",
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        big.to_str().unwrap(),
-        qcow2.to_str().unwrap(),
-    ]);
+    to_qcow2(&big, &qcow2);
     [raw, qcow2]
 }
 
@@ -235,16 +240,7 @@ fn a_buffered_copy_leaves_none_of_its_source_in_the_page_cache() {
     let [raw, big] = cacheable_sources(dir.path());
     // Fewer chunks than workers: every release happens once the copy is over.
     let small = dir.path().join("small.qcow2");
-    run(&[
-        "qemu-img",
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        small.to_str().unwrap(),
-    ]);
+    to_qcow2(&raw, &small);
     for src_path in &[raw, big, small] {
         cache_clean(src_path);
         assert!(cached(src_path) >= 12 * M, "{src_path:?} not cached");
