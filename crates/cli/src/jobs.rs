@@ -382,12 +382,20 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
     }
     println!("source       {}", job.source);
     println!("destination  {}", job.destination);
-    println!(
-        "progress     {} of {} durable ({})",
-        format_bytes(job.done_bytes),
-        format_bytes(job.total_bytes),
-        progress(&job)
-    );
+    if job.kind == "offline" {
+        println!(
+            "progress     {} of {} durable ({})",
+            format_bytes(job.done_bytes),
+            format_bytes(job.total_bytes),
+            progress(&job)
+        );
+    } else {
+        println!(
+            "progress     {} (QEMU's mirror of {}: the journal records its phases, not its bytes)",
+            progress(&job),
+            format_bytes(job.total_bytes)
+        );
+    }
     if !job.partial.is_empty() {
         println!("partial      {} ({})", job.partial, job.partial_state);
     }

@@ -127,6 +127,15 @@ fn migrate_qmp_json_moves_a_writing_guest_and_reports_pivot_ms() {
             .all(|p| !p["ended_at"].is_null()),
         "{st}"
     );
+    let text = vmshift(&dir.path().join("state"))
+        .args(["status", report["job_id"].as_str().expect("job id")])
+        .output()
+        .expect("run vmshift status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("progress     100% (QEMU's mirror of"),
+        "{text}"
+    );
     assert_eq!(report["kind"], "live");
     assert_eq!(report["status"], "succeeded");
     let d = &report["disks"][0];
