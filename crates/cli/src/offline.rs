@@ -122,6 +122,7 @@ fn gather_dest(target: &Path, chain: Option<&Chain>, virtual_size: u64, raw: boo
         free_bytes,
         file_too_large,
         reclaimable_bytes: existing.map(|m| m.blocks() * 512).unwrap_or(0),
+        resumed_partial_bytes: 0,
     }
 }
 
@@ -179,7 +180,7 @@ pub fn check_with(args: &MigrateArgs, partial_credit: Option<u64>) -> Checked {
         inspection.facts.virtual_size,
         raw_target && inspection.facts.problems.is_empty(),
     );
-    dest.free_bytes = dest.free_bytes.saturating_add(partial_credit.unwrap_or(0));
+    dest.resumed_partial_bytes = partial_credit.unwrap_or(0);
     let mut plan = decide(
         &inspection.facts,
         &dest,
@@ -190,14 +191,6 @@ pub fn check_with(args: &MigrateArgs, partial_credit: Option<u64>) -> Checked {
             force_share: args.force_share,
         },
     );
-    if let Some(credit) = partial_credit.filter(|c| *c > 0) {
-        for p in plan.problems.iter_mut().filter(|p| p.code == "no_space") {
-            p.message.push_str(&format!(
-                ", counting the {} the partial target being resumed already holds",
-                format_bytes(credit)
-            ));
-        }
-    }
     if args.delete_source && args.no_verify {
         plan.problems.push(vmshift_core::plan::Problem::new(
             "delete_unverified",

@@ -96,6 +96,9 @@ pub struct DestFacts {
     pub file_too_large: Option<bool>,
     /// Bytes the existing target occupies and would be given back when replaced.
     pub reclaimable_bytes: u64,
+    /// Bytes the partial target of a resumed job already holds there: counted as free,
+    /// since the resume writes into it.
+    pub resumed_partial_bytes: u64,
 }
 
 /// What the operator asked for.
@@ -153,7 +156,7 @@ pub struct Plan {
     pub bytes_to_copy: u64,
     /// Upper bound of bytes the target will allocate, metadata included.
     pub target_bytes: u64,
-    /// Bytes free at the destination.
+    /// Bytes free at the destination, a resumed partial target's included.
     pub free_bytes: u64,
     /// Virtual size the target will have.
     pub target_virtual_size: u64,
@@ -326,16 +329,25 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         ));
     }
     // The old target is replaced only after the new one is verified, so both coexist.
-    if dst.dir_exists && target_bytes > dst.free_bytes {
+    let free_bytes = dst.free_bytes.saturating_add(dst.resumed_partial_bytes);
+    if dst.dir_exists && target_bytes > free_bytes {
+        let counted = if dst.resumed_partial_bytes > 0 {
+            format!(
+                ", counting the {} the partial target being resumed already holds",
+                format_bytes(dst.resumed_partial_bytes)
+            )
+        } else {
+            String::new()
+        };
         problems.push(Problem::new(
             "no_space",
             format!(
-                "not enough space at the destination of {}: need {} bytes ({}), {} bytes ({}) free",
+                "not enough space at the destination of {}: need {} bytes ({}), {} bytes ({}) free{counted}",
                 dst.target_path,
                 target_bytes,
                 format_bytes(target_bytes),
-                dst.free_bytes,
-                format_bytes(dst.free_bytes)
+                free_bytes,
+                format_bytes(free_bytes)
             ),
             "free space or choose another datastore",
         ));
@@ -346,7 +358,7 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         target_format,
         bytes_to_copy,
         target_bytes,
-        free_bytes: dst.free_bytes,
+        free_bytes,
         target_virtual_size,
         backing: backing.into(),
         preallocate,
@@ -382,6 +394,25 @@ mod tests {
             free_bytes: 1 << 40,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_resumed_partial_counts_as_free_and_the_refusal_says_so() {
+        let mut d = dst();
+        d.free_bytes = 2 << 20;
+        d.resumed_partial_bytes = 4 << 20;
+        let p = decide(&src(), &d, &opts());
+        assert_eq!(p.free_bytes, 6 << 20);
+        assert_eq!(p.problems[0].code, "no_space");
+        assert!(
+            p.problems[0].message.ends_with(
+                "6291456 bytes (6.0 MiB) free, counting the 4.0 MiB the partial target being resumed already holds"
+            ),
+            "{}",
+            p.problems[0].message
+        );
+        d.resumed_partial_bytes = 64 << 20;
+        assert!(decide(&src(), &d, &opts()).problems.is_empty());
     }
 
     fn opts() -> PlanOptions {
