@@ -150,7 +150,8 @@ pub fn digest_image_with(
     cancel: &AtomicBool,
     counters: &Counters,
 ) -> Result<SparseDigest, CopyError> {
-    let fast = crate::io::FastSource::new(reader, direct);
+    // Read once: dropped from the page cache a few chunks later, as the copy does.
+    let fast = crate::io::FastSource::new(reader, direct).releasing_behind(threads);
     let extents: Vec<Extent> = reader
         .extents(0, size, false)
         .map_err(|e| CopyError::read(0, e))?;
@@ -164,8 +165,6 @@ pub fn digest_image_with(
         .sum();
     counters.start_pass(pass);
     let digest = SparseDigest::new(size);
-    // Read once: dropped from the page cache a few chunks later, as the copy does.
-    let read_behind = crate::writeback::Lag::new(threads);
     let read = for_each_unit(&units, threads, chunk, size, cancel, |unit, buf| {
         let Unit::Chunk(idx) = unit else {
             return Ok(());
@@ -173,15 +172,10 @@ pub fn digest_image_with(
         let start = idx * chunk;
         crate::engine::fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
         digest.add(start, buf);
-        for (o, n) in read_behind.push((start, buf.len() as u64)) {
-            fast.release(o, n);
-        }
+        fast.done_reading(start, buf.len() as u64);
         counters.add_done(buf.len() as u64);
         Ok(())
     });
-    for (o, n) in read_behind.take_all() {
-        fast.release(o, n);
-    }
     fast.release_all();
     read?;
     Ok(digest)

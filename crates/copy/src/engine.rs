@@ -9,7 +9,7 @@ use crate::io::{AlignedBuf, FastSource};
 use crate::plan::{clip, plan_units, Unit};
 use crate::readback::ReadBack;
 use crate::throttle::Throttle;
-use crate::writeback::{Lag, WriteBehind};
+use crate::writeback::WriteBehind;
 use crate::zero::zero_runs;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -250,10 +250,8 @@ pub fn copy_image_with(
     counters.start_pass(chunk_bytes);
     let digest = opts.hash.then(|| SparseDigest::new(size));
     let throttle = Throttle::new(opts.bwlimit);
-    let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested());
-    // Source pages are dropped a few chunks late: the widened ranges of a qcow2 source
-    // reach into neighbouring chunks, which must have been read by then.
-    let read_behind = Lag::new(opts.threads);
+    let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested())
+        .releasing_behind(opts.threads);
     // One chunk per worker in writeback: enough to keep the disk busy (2 GiB raw→raw:
     // 1, 4, 8 and 16 measured alike; README, "Performance").
     let behind = WriteBehind::new(target, opts.threads, !opts.direct);
@@ -273,9 +271,7 @@ pub fn copy_image_with(
             Unit::Chunk(idx) => {
                 let start = idx * opts.chunk;
                 let pieces = fill_pieces(extents, start, buf, |dst, off| fast.read_at(dst, off))?;
-                for (o, n) in read_behind.push((start, buf.len() as u64)) {
-                    fast.release(o, n);
-                }
+                fast.done_reading(start, buf.len() as u64);
                 // Wait before writing, so a limited copy never bursts ahead of its rate.
                 let data_read: u64 = pieces
                     .iter()
@@ -348,9 +344,6 @@ pub fn copy_image_with(
             }
         },
     );
-    for (o, n) in read_behind.take_all() {
-        fast.release(o, n);
-    }
     fast.release_all();
     let finished = behind.finish();
     copied?;

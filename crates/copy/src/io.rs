@@ -14,6 +14,7 @@
 
 use rustix::fs::{Mode, OFlags};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -153,6 +154,39 @@ fn dont_need(file: &File, offset: u64, len: u64) {
     );
 }
 
+/// A queue that holds back the last `depth` items pushed: work that should happen a few
+/// chunks late, when the workers have moved on (waiting for writeback, dropping pages a
+/// neighbouring chunk may still be using).
+#[derive(Debug)]
+pub struct Lag<T> {
+    items: Mutex<VecDeque<T>>,
+    depth: usize,
+}
+
+impl<T> Lag<T> {
+    /// A queue holding back `depth` items (at least 1).
+    pub fn new(depth: usize) -> Self {
+        Lag {
+            items: Mutex::new(VecDeque::new()),
+            depth: depth.max(1),
+        }
+    }
+
+    /// Adds `item`; returns the items now older than the last `depth`, oldest first.
+    pub fn push(&self, item: T) -> Vec<T> {
+        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back(item);
+        let over = q.len().saturating_sub(self.depth);
+        q.drain(..over).collect()
+    }
+
+    /// Takes every item held back, oldest first.
+    pub fn take_all(&self) -> Vec<T> {
+        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        q.drain(..).collect()
+    }
+}
+
 /// Reads `buf.len()` bytes at `offset` with `pread` on a direct descriptor.
 fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
@@ -196,6 +230,8 @@ pub struct FastSource<'a> {
     /// qcow2 chains read through the page cache: a plain descriptor per layer file, by path,
     /// for [`FastSource::release`].
     cached_layers: LayerFiles,
+    /// Ranges read and not yet released ([`FastSource::done_reading`]).
+    read_behind: Lag<(u64, u64)>,
     enabled: bool,
 }
 
@@ -211,7 +247,28 @@ impl<'a> FastSource<'a> {
             raw,
             layers: Mutex::new(HashMap::new()),
             cached_layers: Mutex::new(HashMap::new()),
+            read_behind: Lag::new(1),
             enabled: direct,
+        }
+    }
+
+    /// Holds back the last `depth` ranges given to [`FastSource::done_reading`] (at least
+    /// 1; the engine uses one per worker).
+    #[must_use]
+    pub fn releasing_behind(mut self, depth: usize) -> Self {
+        self.read_behind = Lag::new(depth);
+        self
+    }
+
+    /// The caller has read guest `[offset, offset + len)` and will not read it again: it is
+    /// released ([`FastSource::release`]) a few ranges later, because the widened ranges of
+    /// a qcow2 source reach into neighbouring chunks, which must have been read by then.
+    pub fn done_reading(&self, offset: u64, len: u64) {
+        if self.enabled {
+            return;
+        }
+        for (o, n) in self.read_behind.push((offset, len)) {
+            self.release(o, n);
         }
     }
 
@@ -244,12 +301,16 @@ impl<'a> FastSource<'a> {
         }
     }
 
-    /// Drops what is left of the source in the page cache once the copy is over: pages that
-    /// readahead brought in after their range was released, and pages that were busy (being
-    /// read by another worker) when it was. Whole files: every layer the copy released from.
+    /// Drops what is left of the source in the page cache once the copy is over: the ranges
+    /// [`FastSource::done_reading`] still holds back, pages that readahead brought in after
+    /// their range was released, and pages that were busy (being read by another worker)
+    /// when it was. Whole files: every layer the copy released from.
     pub fn release_all(&self) {
         if self.enabled {
             return;
+        }
+        for (o, n) in self.read_behind.take_all() {
+            self.release(o, n);
         }
         match self.reader {
             ImageReader::Raw { file, .. } => dont_need(file, 0, 0),
@@ -318,6 +379,21 @@ impl<'a> FastSource<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_holds_back_the_last_items_and_gives_the_older_ones_in_order() {
+        let lag = Lag::new(2);
+        assert!(lag.push(1).is_empty());
+        assert!(lag.push(2).is_empty());
+        assert_eq!(lag.push(3), vec![1]);
+        assert_eq!(lag.push(4), vec![2]);
+        assert_eq!(lag.take_all(), vec![3, 4]);
+        assert!(lag.take_all().is_empty());
+        // Depth 0 still holds one item back.
+        let lag = Lag::new(0);
+        assert!(lag.push('a').is_empty());
+        assert_eq!(lag.push('b'), vec!['a']);
+    }
 
     #[test]
     fn ranges_widen_to_whole_large_folios() {

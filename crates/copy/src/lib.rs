@@ -5,7 +5,7 @@
 //! - [`digest`]: the content digest that proves source and target hold the same guest view.
 //! - [`readback`]: verification during the copy (chunks read back from the target).
 //! - [`zero`]: zero detection.
-//! - [`io`]: aligned buffers, `O_DIRECT` source reads.
+//! - [`io`]: aligned buffers, `O_DIRECT` source reads, dropping source pages once read.
 //! - [`throttle`]: the bandwidth limit.
 //! - [`writeback`]: write-behind, so a buffered copy's target pages never pile up.
 

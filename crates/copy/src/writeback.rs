@@ -16,13 +16,11 @@
 //! error too: the kernel reports a writeback error once per open file description.
 
 use crate::engine::CopyError;
-use crate::io::{for_each_file_range, widened};
-use std::collections::VecDeque;
+use crate::io::{for_each_file_range, widened, Lag};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use vmshift_image::TargetImage;
 
 /// Write-behind of one target (see the module docs).
@@ -39,39 +37,6 @@ pub struct WriteBehind<'a> {
     /// Each finished chunk's file ranges `(offset, len)`, handed to the disk and not yet
     /// dropped.
     behind: Lag<Vec<(u64, u64)>>,
-}
-
-/// A queue that holds back the last `depth` items pushed: work that should happen a few
-/// chunks late, when the workers have moved on (waiting for writeback, dropping pages a
-/// neighbouring chunk may still be using).
-#[derive(Debug)]
-pub struct Lag<T> {
-    items: Mutex<VecDeque<T>>,
-    depth: usize,
-}
-
-impl<T> Lag<T> {
-    /// A queue holding back `depth` items (at least 1).
-    pub fn new(depth: usize) -> Self {
-        Lag {
-            items: Mutex::new(VecDeque::new()),
-            depth: depth.max(1),
-        }
-    }
-
-    /// Adds `item`; returns the items now older than the last `depth`, oldest first.
-    pub fn push(&self, item: T) -> Vec<T> {
-        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back(item);
-        let over = q.len().saturating_sub(self.depth);
-        q.drain(..over).collect()
-    }
-
-    /// Takes every item held back, oldest first.
-    pub fn take_all(&self) -> Vec<T> {
-        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        q.drain(..).collect()
-    }
 }
 
 impl<'a> WriteBehind<'a> {
@@ -212,24 +177,4 @@ fn drop_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
         rustix::fs::Advice::DontNeed,
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lag_holds_back_the_last_items_and_gives_the_older_ones_in_order() {
-        let lag = Lag::new(2);
-        assert!(lag.push(1).is_empty());
-        assert!(lag.push(2).is_empty());
-        assert_eq!(lag.push(3), vec![1]);
-        assert_eq!(lag.push(4), vec![2]);
-        assert_eq!(lag.take_all(), vec![3, 4]);
-        assert!(lag.take_all().is_empty());
-        // Depth 0 still holds one item back.
-        let lag = Lag::new(0);
-        assert!(lag.push('a').is_empty());
-        assert_eq!(lag.push('b'), vec!['a']);
-    }
 }
