@@ -10,9 +10,11 @@ pub mod capacity;
 pub mod extent;
 pub mod job;
 pub mod plan;
+pub mod rate;
 pub mod report;
 pub mod size;
 
 pub use extent::{Extent, ExtentKind};
 pub use job::{JobId, JobKind, JobStatus, Phase};
+pub use rate::RateLimit;
 pub use size::{format_bytes, millis, parse_size, rate_bytes_per_sec, SizeError};
