@@ -1,7 +1,8 @@
 //! Command-line definitions (clap). Parsing only: commands are carried out elsewhere.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use vmshift_runner::{JobRequest, LiveRequest, OfflineRequest};
 
 /// Move a VM's disk storage, offline or live, and prove nothing was lost.
 #[derive(Debug, Parser)]
@@ -12,46 +13,25 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Image formats vmshift writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FormatArg {
-    /// Plain bytes, sparse.
-    Raw,
-    /// qcow2 v3.
-    Qcow2,
-}
+pub use vmshift_runner::{CopyMode, ImageFormat as FormatArg, IoMode, VerifyMode};
 
-/// How an offline copy does its I/O.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum IoMode {
-    /// Through the page cache, a few chunks of it at a time: the source's pages are dropped
-    /// once read, the target's handed to the disk as each chunk is done and dropped once
-    /// written; verification reads each chunk back from the cache before that.
-    #[default]
-    Buffered,
-    /// `O_DIRECT` source reads and target writes where the file systems allow it, like
-    /// `qemu-img convert -t none -T none`: the host's page cache is left to the VMs and the
-    /// copy costs little CPU; verification reads the target back from the disk.
-    Direct,
-}
-
-/// When an offline copy's target is read back for verification.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum VerifyMode {
-    /// Each chunk right after its writes, while the copy goes on: no second pass over the
-    /// target. A write into a chunk by another process after its read-back is not seen.
-    #[default]
-    DuringCopy,
-    /// The whole target again after the fsync, through a fresh reader: one more pass over the
-    /// data, and it sees every byte the target ends up with.
-    AfterCopy,
+/// Options only the live path uses (flattened into `check`/`migrate`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LiveFlags {
+    /// QMP socket of a running QEMU: move its disks live (blockdev-mirror + pivot) instead of
+    /// copying an image file.
+    #[arg(long, value_name = "SOCKET")]
+    pub qmp: Option<PathBuf>,
+    /// Live: disk to move (device id like vd0, qdev path or node name); repeat for several.
+    /// Default: every writable disk.
+    #[arg(long = "disk", value_name = "ID", requires = "qmp")]
+    pub disks: Vec<String>,
+    /// Live: mirror copy mode.
+    #[arg(long, value_enum, default_value_t = CopyMode::Auto)]
+    pub copy_mode: CopyMode,
+    /// Live: give up cleanly if the disks are not all ready after this many seconds.
+    #[arg(long, value_name = "SECONDS", requires = "qmp")]
+    pub ready_timeout: Option<u64>,
 }
 
 /// Every subcommand.
@@ -127,6 +107,18 @@ pub enum Command {
         #[arg(long)]
         keep_partial: bool,
     },
+    /// Change a running job's settings (in any process): `--bwlimit 20M`, `--bwlimit 0` lifts
+    /// the limit. Takes effect within a second and is recorded in the journal and report.
+    Set {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// New bandwidth limit, e.g. 20M (binary units: MiB/s); 0 lifts it.
+        #[arg(long, value_parser = parse_size_arg)]
+        bwlimit: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo a succeeded job: offline, delete its target (the source must still exist); live,
     /// mirror the disks back to their old place as a new job.
     Rollback {
@@ -138,8 +130,8 @@ pub enum Command {
     },
 }
 
-/// Arguments shared by `check` and `migrate` (also stored in the journal to resume a job).
-#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+/// Arguments shared by `check` and `migrate`; they become a [`vmshift_runner::JobRequest`].
+#[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
     /// The source image (qcow2 or raw); not with --qmp.
     #[arg(
@@ -150,8 +142,7 @@ pub struct MigrateArgs {
     pub source: PathBuf,
     /// Live migration options (`--qmp SOCKET` moves the disks of a running QEMU).
     #[command(flatten)]
-    #[serde(default)]
-    pub live: crate::live::LiveFlags,
+    pub live: LiveFlags,
     /// Destination: an existing directory (the image keeps its file name) or a file path.
     #[arg(long)]
     pub to: PathBuf,
@@ -177,7 +168,6 @@ pub struct MigrateArgs {
     /// When an offline copy's target is read back to verify it: `during-copy` (each chunk
     /// right after its writes) or `after-copy` (the whole target again once it is synced).
     #[arg(long, value_enum, default_value_t = VerifyMode::DuringCopy, conflicts_with_all = ["no_verify", "qmp"])]
-    #[serde(default)]
     pub verify: VerifyMode,
     /// Delete the source after a successful verification (never while another image uses
     /// it as a backing file).
@@ -196,7 +186,6 @@ pub struct MigrateArgs {
     /// verification then reads the target back from the disk). Not with --qmp: a live copy
     /// uses the cache mode QEMU has for the disk.
     #[arg(long, value_enum, default_value_t = IoMode::Buffered, conflicts_with = "qmp")]
-    #[serde(default)]
     pub io: IoMode,
     /// Print NDJSON events on stdout (human text goes to stderr).
     #[arg(long)]
@@ -208,12 +197,10 @@ pub struct MigrateArgs {
     /// or a read/write error, removed after cancellation, out-of-space or a verification
     /// mismatch), so `vmshift resume` continues from the last checkpoint.
     #[arg(long)]
-    #[serde(default)]
     pub keep_partial: bool,
     /// Do not record the job in the journal (no resume; the partial target is removed on
     /// any failure).
     #[arg(long)]
-    #[serde(default)]
     pub no_journal: bool,
 }
 
@@ -227,5 +214,45 @@ fn parse_threads(s: &str) -> Result<usize, String> {
         _ => Err(format!(
             "invalid thread count {s:?}: use a number from 1 to 256"
         )),
+    }
+}
+
+impl MigrateArgs {
+    /// The job these arguments ask for: live with `--qmp`, else offline.
+    pub fn request(&self) -> JobRequest {
+        match &self.live.qmp {
+            Some(qmp) => JobRequest::Live(LiveRequest {
+                qmp: qmp.clone(),
+                to: self.to.clone(),
+                disks: self.live.disks.clone(),
+                format: self.format,
+                shallow: self.keep_backing,
+                bwlimit: self.bwlimit,
+                copy_mode: self.live.copy_mode,
+                ready_timeout: self.live.ready_timeout,
+                delete_source: self.delete_source,
+                report: self.report.clone(),
+                no_journal: self.no_journal,
+            }),
+            None => JobRequest::Offline(OfflineRequest {
+                source: self.source.clone(),
+                to: self.to.clone(),
+                format: self.format,
+                source_format: self.source_format,
+                backing_format: self.backing_format,
+                keep_backing: self.keep_backing,
+                bwlimit: self.bwlimit,
+                no_verify: self.no_verify,
+                verify: self.verify,
+                delete_source: self.delete_source,
+                overwrite: self.overwrite,
+                force_share: self.force_share,
+                threads: self.threads,
+                io: self.io,
+                report: self.report.clone(),
+                keep_partial: self.keep_partial,
+                no_journal: self.no_journal,
+            }),
+        }
     }
 }

@@ -1,7 +1,8 @@
-//! `vmshift info`.
+//! `vmshift info IMAGE` and `vmshift info --qmp SOCKET`.
 
 use crate::cli::FormatArg;
 use anyhow::Result;
+use serde_json::json;
 use std::path::Path;
 use vmshift_core::format_bytes;
 use vmshift_core::plan::LockState;
@@ -9,10 +10,7 @@ use vmshift_image::chain::{ChainOptions, LayerFormat};
 use vmshift_image::{inspect, InspectOptions};
 
 fn lf(f: FormatArg) -> LayerFormat {
-    match f {
-        FormatArg::Raw => LayerFormat::Raw,
-        FormatArg::Qcow2 => LayerFormat::Qcow2,
-    }
+    vmshift_runner::offline::check::layer_format(f)
 }
 
 /// Prints what vmshift knows about an image. Exit 0 when it could be read, 2 otherwise.
@@ -117,4 +115,51 @@ pub fn run(
         }
     }
     Ok(if unreadable { 2 } else { 0 })
+}
+
+/// `vmshift info --qmp`: the VM's disks as QEMU sees them.
+///
+/// # Errors
+/// When QEMU cannot be reached.
+pub fn run_qmp(sock: &Path, json_out: bool) -> Result<i32> {
+    let (features, disks) = vmshift_runner::live::info(sock)?;
+    if json_out {
+        let v = json!({
+            "qemu_version": features.version.to_string(),
+            "block_job_change": features.block_job_change,
+            "disks": disks.iter().map(|d| json!({
+                "device": d.device, "qdev": d.qdev, "node_name": d.node_name, "file": d.file,
+                "format": d.format, "virtual_size": d.virtual_size, "allocated_bytes": d.actual_size,
+                "backing_chain": d.backing_chain.iter().map(|b| json!({"file": b.filename, "format": b.format})).collect::<Vec<_>>(),
+                "read_only": d.read_only, "shared": d.shared, "busy": d.busy,
+                "protocol": d.protocol_driver})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "QEMU {} (block-job-change: {})",
+            features.version, features.block_job_change
+        );
+        for d in &disks {
+            println!(
+                "{} node {}: {} [{}] virtual {} allocated {}{}{}{}",
+                d.device,
+                d.node_name,
+                d.file,
+                d.format,
+                format_bytes(d.virtual_size),
+                format_bytes(d.actual_size),
+                if d.read_only { ", read-only" } else { "" },
+                if d.shared { ", shared" } else { "" },
+                d.busy
+                    .as_deref()
+                    .map(|b| format!(", busy: {b}"))
+                    .unwrap_or_default()
+            );
+            for b in &d.backing_chain {
+                println!("    backing {} [{}]", b.filename, b.format);
+            }
+        }
+    }
+    Ok(0)
 }

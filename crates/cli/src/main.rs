@@ -1,21 +1,15 @@
-//! The `vmshift` binary: parses arguments, runs one command, maps outcomes to exit codes
-//! (0 succeeded, 1 failed after starting, 2 refused or bad usage).
+//! The `vmshift` binary: parses arguments into a `JobRequest` (or a command on a recorded
+//! job), hands it to `vmshift_runner::Runner`, renders the job's events and maps outcomes
+//! to exit codes (0 succeeded, 1 failed after starting, 2 refused or bad usage).
 
 mod cli;
-mod demo;
 mod info;
 mod jobs;
-mod live;
-mod offline;
-mod output;
-mod resume;
-mod safety;
-mod state;
+mod render;
 
 use clap::Parser;
-use cli::{Cli, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use cli::{Cli, Command, MigrateArgs};
+use vmshift_runner::{JobHandle, Plan, Runner};
 
 fn main() {
     // Die quietly on a closed pipe (`vmshift status JOB | head`) like other tools, instead
@@ -29,16 +23,28 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let c = cancel.clone();
-    // Ctrl-C / SIGTERM: stop at the next chunk boundary and clean up.
-    let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
-    let result = match &cli.command {
+    // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll) and clean up.
+    let _ = ctrlc::set_handler(render::cancel_all);
+    match run(&cli.command) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmshift: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(command: &Command) -> anyhow::Result<i32> {
+    let runner = Runner::new();
+    let follow = |h: vmshift_runner::Result<JobHandle>, json: bool| -> anyhow::Result<i32> {
+        Ok(render::follow(h?, json)?.code)
+    };
+    match command {
         Command::Info {
             qmp: Some(sock),
             json,
             ..
-        } => live::run_info(sock, *json),
+        } => info::run_qmp(sock, *json),
         Command::Info {
             image,
             source_format,
@@ -46,41 +52,59 @@ fn main() {
             json,
             qmp: None,
         } => info::run(image, *source_format, *backing_format, *json),
-        Command::Check(args) if args.live.qmp.is_some() => {
-            live::run_check(&live::LiveArgs::from_migrate(args))
-        }
-        Command::Check(args) => offline::run_check(args),
-        Command::Migrate(args) if args.live.qmp.is_some() => {
-            live::run_migrate(&live::LiveArgs::from_migrate(args), cancel)
-        }
-        Command::Migrate(args) => offline::run_migrate(args, cancel),
-        Command::Demo {
-            json,
-            offline_only: true,
-        } => demo::run_demo(*json, cancel),
-        Command::Demo {
-            json,
-            offline_only: false,
-        } => demo::run_demo(*json, cancel.clone()).and_then(|code| {
-            if code == 0 {
-                live::run_demo_live(*json, cancel)
-            } else {
-                Ok(code)
+        Command::Check(args) => check(&runner, args),
+        Command::Migrate(args) => follow(runner.start(args.request()), args.json),
+        Command::Demo { json, offline_only } => {
+            let outcome = render::follow(runner.demo(*offline_only)?, *json)?;
+            if !json {
+                if let Some(r) = &outcome.report {
+                    println!("{}", r.to_markdown());
+                }
             }
-        }),
+            Ok(outcome.code)
+        }
         Command::Jobs { json } => jobs::run_jobs(*json),
         Command::Status { job, json } => jobs::run_status(job, *json),
-        Command::Resume { job, report, json } => {
-            resume::run_resume(job, report.clone(), *json, cancel)
-        }
-        Command::Cancel { job, keep_partial } => jobs::run_cancel(job, *keep_partial),
-        Command::Rollback { job, json } => jobs::run_rollback(job, *json, cancel),
-    };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("vmshift: error: {e:#}");
-            std::process::exit(2);
-        }
+        Command::Resume { job, report, json } => follow(runner.resume(job, report.clone()), *json),
+        Command::Cancel { job, keep_partial } => follow(runner.cancel(job, *keep_partial), false),
+        Command::Set { job, bwlimit, json } => follow(runner.set_bwlimit(job, *bwlimit), *json),
+        Command::Rollback { job, json } => follow(runner.rollback(job), *json),
     }
+}
+
+/// `vmshift check`: prints the plan on stdout; 0 when it would go ahead, 2 when refused.
+fn check(runner: &Runner, args: &MigrateArgs) -> anyhow::Result<i32> {
+    let plan = runner.check(&args.request())?;
+    let go = plan.go();
+    if args.json {
+        let v = match &plan {
+            Plan::Offline(c) => {
+                serde_json::json!({"event": "plan", "go": go, "source": c.source, "plan": c.plan})
+            }
+            Plan::Live(p) => {
+                serde_json::json!({"event": "plan", "go": true, "disks": p.disks.iter().map(|d| serde_json::json!({
+                "device": d.disk.device, "node": d.disk.node_name, "source": d.disk.file,
+                "target": d.target, "format": d.format.as_str(), "virtual_size": d.disk.virtual_size,
+                "needed_bytes": d.needed_bytes})).collect::<Vec<_>>()})
+            }
+            Plan::LiveRefused(why) => {
+                serde_json::json!({"event": "plan", "go": false, "reason": why})
+            }
+        };
+        println!("{v}");
+    } else {
+        for l in plan.lines() {
+            println!("{l}");
+        }
+        let live = !matches!(plan, Plan::Offline(_));
+        println!(
+            "check: {}",
+            match (go, live) {
+                (true, false) => "the migration would go ahead",
+                (true, true) => "the live migration would go ahead",
+                (false, _) => "refused",
+            }
+        );
+    }
+    Ok(if go { 0 } else { 2 })
 }

@@ -101,7 +101,7 @@ fn json_events_come_in_phase_order_and_end_with_the_report_which_is_also_on_disk
     assert_eq!(events[0]["event"], "job");
     let phases: Vec<&str> = events
         .iter()
-        .filter(|e| e["event"] == "phase")
+        .filter(|e| e["event"] == "phase" && e["state"] == "started")
         .map(|e| e["phase"].as_str().unwrap())
         .collect();
     assert_eq!(

@@ -148,9 +148,22 @@ pub struct Report {
     /// Live jobs: the largest per-disk pivot pause, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pivot_ms: Option<u64>,
+    /// Bandwidth limit changes made while the job ran (`vmshift set JOB --bwlimit`), in
+    /// order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bwlimit_changes: Vec<BwlimitChange>,
     /// Set when the job did not succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+}
+
+/// One bandwidth limit change of a running job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BwlimitChange {
+    /// RFC 3339 UTC time the job applied it.
+    pub at: String,
+    /// The new limit, bytes/s (0: unlimited).
+    pub bytes_per_sec: u64,
 }
 
 impl Report {
@@ -187,6 +200,7 @@ impl Report {
             source_deleted: false,
             disks: Vec::new(),
             pivot_ms: None,
+            bwlimit_changes: Vec::new(),
             error: None,
         }
     }
@@ -295,6 +309,17 @@ impl Report {
         let _ = writeln!(md, "\n## Phases\n\n| phase | started | ms |\n|---|---|---|");
         for p in &self.phases {
             let _ = writeln!(md, "| {} | {} | {} |", p.name, p.started_at, p.duration_ms);
+        }
+        if !self.bwlimit_changes.is_empty() {
+            let _ = writeln!(md, "\n## Bandwidth changes\n\n| at | limit |\n|---|---|");
+            for c in &self.bwlimit_changes {
+                let limit = if c.bytes_per_sec == 0 {
+                    "unlimited".to_string()
+                } else {
+                    format!("{}/s", crate::format_bytes(c.bytes_per_sec))
+                };
+                let _ = writeln!(md, "| {} | {limit} |", c.at);
+            }
         }
         for (title, items) in [
             ("Notes", &self.notes),

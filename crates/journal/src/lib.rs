@@ -1,7 +1,7 @@
 //! vmshift's job journal: every job, its phases and, for offline copies, the chunks already
 //! copied and made durable, in one SQLite database (`<state>/journal.sqlite`, WAL mode).
 //!
-//! Contract with the copy engine (see `vmshift-cli`'s checkpointer): a chunk is recorded only
+//! Contract with the copy engine (see `vmshift-runner`'s checkpointer): a chunk is recorded only
 //! after the target's data for it was `fsync`'d, so every recorded chunk is on stable storage
 //! in the partial target; a chunk written but not yet recorded is simply copied again on
 //! resume. Commits use WAL with `synchronous=NORMAL`: a crash of the process loses no
@@ -9,13 +9,16 @@
 //! record a chunk whose data is not on disk.
 //!
 //! - [`store`]: the [`Journal`] and its records.
+//! - [`control`]: bandwidth changes asked of a running job by another process.
 //! - [`lock`]: per-job and per-target OS file locks (released when a process dies).
 //! - [`error`]: [`JournalError`], naming the database file.
 
+pub mod control;
 pub mod error;
 pub mod lock;
 pub mod store;
 
+pub use control::BwlimitChange;
 pub use error::JournalError;
 pub use lock::{FileLock, LockError};
 pub use store::{ChunkRecord, JobRecord, Journal, NewJob, PhaseRecord, SCHEMA_VERSION};

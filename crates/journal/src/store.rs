@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,17 +51,25 @@ CREATE TABLE IF NOT EXISTS chunks (
     run     INTEGER NOT NULL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bwlimit_changes (
+    job_id        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    bytes_per_sec INTEGER NOT NULL,
+    requested_at  TEXT NOT NULL,
+    applied_at    TEXT,
+    PRIMARY KEY (job_id, seq)
+);
 ";
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -166,8 +174,8 @@ pub struct ChunkRecord {
 /// An open journal.
 #[derive(Debug)]
 pub struct Journal {
-    conn: Connection,
-    path: PathBuf,
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
 }
 
 impl Journal {
@@ -238,7 +246,7 @@ impl Journal {
         &self.path
     }
 
-    fn err(&self, e: rusqlite::Error) -> JournalError {
+    pub(crate) fn err(&self, e: rusqlite::Error) -> JournalError {
         JournalError::sqlite(&self.path, e)
     }
 

@@ -1,7 +1,8 @@
 //! The state directory (`$VMSHIFT_STATE_DIR`, else `/var/lib/vmshift` as root, else
 //! `$XDG_STATE_HOME/vmshift`) and report files.
 
-use anyhow::{Context, Result};
+use crate::error::IoContext;
+use crate::{Result, RunnerError};
 use std::path::{Path, PathBuf};
 use vmshift_core::report::Report;
 
@@ -17,11 +18,12 @@ pub fn state_dir() -> Result<PathBuf> {
     } else if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
         PathBuf::from(x).join("vmshift")
     } else {
-        let home = std::env::var_os("HOME").context("neither VMSHIFT_STATE_DIR nor HOME is set")?;
+        let home = std::env::var_os("HOME")
+            .ok_or_else(|| RunnerError::msg("neither VMSHIFT_STATE_DIR nor HOME is set"))?;
         PathBuf::from(home).join(".local/state/vmshift")
     };
     std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        .io_context(|| format!("cannot create the state directory {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -32,14 +34,14 @@ pub fn state_dir() -> Result<PathBuf> {
 /// When a file cannot be written.
 pub fn write_report(report: &Report, extra: Option<&Path>) -> Result<PathBuf> {
     let dir = state_dir()?.join("reports");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).io_context(|| format!("cannot create {}", dir.display()))?;
     let json = serde_json::to_string_pretty(report)?;
     let md = report.to_markdown();
     let json_path = dir.join(format!("{}.json", report.job_id));
     std::fs::write(&json_path, &json)
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
+        .io_context(|| format!("cannot write {}", json_path.display()))?;
     let md_path = dir.join(format!("{}.md", report.job_id));
-    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    std::fs::write(&md_path, &md).io_context(|| format!("cannot write {}", md_path.display()))?;
     if let Some(p) = extra {
         let body = if p.extension().is_some_and(|e| e == "md") {
             md
@@ -47,7 +49,7 @@ pub fn write_report(report: &Report, extra: Option<&Path>) -> Result<PathBuf> {
             json
         };
         std::fs::write(p, body)
-            .with_context(|| format!("cannot write the report to {}", p.display()))?;
+            .io_context(|| format!("cannot write the report to {}", p.display()))?;
     }
     Ok(json_path)
 }

@@ -5,10 +5,12 @@
 //! sample of journaled chunks) and that the partial target is the one the job wrote (the
 //! same digest sample read back from it). Verification still digests the whole image.
 
-use crate::cli::{FormatArg, MigrateArgs};
-use crate::jobs::{lock_job, open_journal, running_pid, shown_status, JournalLink};
-use crate::offline::{run_job, source_facts, ExitCode, Resuming};
-use anyhow::{anyhow, Result};
+use super::check::layer_format;
+use super::job::{run_job, source_facts, Resuming, CHUNK};
+use crate::handle::{ExitCode, JobCtx};
+use crate::journal::{lock_job, open_journal, running_pid, shown_status, JournalLink};
+use crate::request::{IoMode, OfflineRequest};
+use crate::{Result, RunnerError};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,6 @@ use vmshift_journal::ChunkRecord;
 /// the last and up to six spread between them.
 pub const SAMPLE_CHUNKS: usize = 8;
 
-fn layer_format(f: FormatArg) -> LayerFormat {
-    match f {
-        FormatArg::Raw => LayerFormat::Raw,
-        FormatArg::Qcow2 => LayerFormat::Qcow2,
-    }
-}
-
 /// The chunks to re-read: the first, the last, and evenly spread ones between.
 pub fn sample(chunks: &[ChunkRecord]) -> Vec<&ChunkRecord> {
     if chunks.len() <= SAMPLE_CHUNKS {
@@ -46,8 +41,8 @@ pub fn sample(chunks: &[ChunkRecord]) -> Vec<&ChunkRecord> {
     picked.into_iter().map(|i| &chunks[i]).collect()
 }
 
-fn refuse(msg: String) -> Result<ExitCode> {
-    eprintln!("vmshift: resume refused: {msg}");
+fn refuse(ctx: &JobCtx, msg: String) -> Result<ExitCode> {
+    ctx.em.say(format!("vmshift: resume refused: {msg}"));
     Ok(2)
 }
 
@@ -100,43 +95,50 @@ fn repair_qcow2_leaks(path: &Path) -> bool {
 ///
 /// # Errors
 /// A journal error (named); refusals print one line and return 2.
-pub fn run_resume(
-    id: &str,
-    report: Option<PathBuf>,
-    json: bool,
-    cancel: Arc<AtomicBool>,
-) -> Result<ExitCode> {
+pub(crate) fn run_resume(ctx: &JobCtx, id: &str, report: Option<PathBuf>) -> Result<ExitCode> {
     let j = open_journal()?;
-    let job = j.job(id).map_err(|e| anyhow!("{e}"))?;
+    let job = j.job(id)?;
     if let Some(pid) = running_pid(&job.id) {
-        return refuse(format!(
-            "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
-            job.id, job.id
-        ));
+        return refuse(
+            ctx,
+            format!(
+                "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
+                job.id, job.id
+            ),
+        );
     }
     if !matches!(job.status.as_str(), "running" | "failed" | "cancelled") {
-        return refuse(format!(
-            "job {} is {}: only interrupted, failed or cancelled jobs can be resumed",
-            job.id,
-            shown_status(&job)
-        ));
+        return refuse(
+            ctx,
+            format!(
+                "job {} is {}: only interrupted, failed or cancelled jobs can be resumed",
+                job.id,
+                shown_status(&job)
+            ),
+        );
     }
     if job.kind == "live" {
-        return crate::live::resume_live(j, job, report, json, cancel);
+        return crate::live::resume::resume_live(ctx, j, job, report);
     }
     if job.kind != "offline" {
-        return refuse(format!("job {} has an unknown kind {:?}", job.id, job.kind));
+        return refuse(
+            ctx,
+            format!("job {} has an unknown kind {:?}", job.id, job.kind),
+        );
     }
     let locks = match lock_job(&job.id, Path::new(&job.destination)) {
         Ok(l) => l,
-        Err(e) => return refuse(e.to_string()),
+        Err(e) => return refuse(ctx, e.to_string()),
     };
-    let mut args: MigrateArgs = serde_json::from_value(job.options.clone())
-        .map_err(|e| anyhow!("job {}: unreadable options in the journal: {e}", job.id))?;
-    args.json = json;
+    let mut args: OfflineRequest = serde_json::from_value(job.options.clone()).map_err(|e| {
+        RunnerError::msg(format!(
+            "job {}: unreadable options in the journal: {e}",
+            job.id
+        ))
+    })?;
     args.report = report;
     if let Some(why) = source_changed(&job.facts) {
-        return refuse(format!(
+        return refuse(ctx, format!(
             "{why}: the partial copy cannot be trusted; start a new migration (`vmshift cancel {}` removes the partial target)",
             job.id
         ));
@@ -148,9 +150,11 @@ pub fn run_resume(
         && matches!(job.partial_state.as_str(), "writing" | "kept")
     {
         // Killed after the rename, before the journal heard of it: prove and finish.
-        return finish_renamed(&j, &job, &args, dest);
+        return finish_renamed(ctx, &j, &job, &args, dest);
     }
-    let mut chunks = j.chunks(&job.id).map_err(|e| anyhow!("{e}"))?;
+    let mut chunks = j
+        .chunks(&job.id)
+        .map_err(|e| RunnerError::msg(e.to_string()))?;
     let mut notes = Vec::new();
     let mut reuse = partial.exists();
     if !reuse {
@@ -167,7 +171,7 @@ pub fn run_resume(
         reuse = false;
         chunks.clear();
         std::fs::remove_file(&partial)
-            .map_err(|e| anyhow!("cannot remove {}: {e}", partial.display()))?;
+            .map_err(|e| RunnerError::msg(format!("cannot remove {}: {e}", partial.display())))?;
     } else if is_qcow2(&partial) && !repair_qcow2_leaks(&partial) {
         notes.push(format!(
             "resume: qemu-img check found the partial target {} damaged; it was recreated and everything copied again",
@@ -176,7 +180,7 @@ pub fn run_resume(
         reuse = false;
         chunks.clear();
         std::fs::remove_file(&partial)
-            .map_err(|e| anyhow!("cannot remove {}: {e}", partial.display()))?;
+            .map_err(|e| RunnerError::msg(format!("cannot remove {}: {e}", partial.display())))?;
     }
     if reuse && !chunks.is_empty() {
         // Prove source and partial target both still hold the sampled chunks.
@@ -187,20 +191,26 @@ pub fn run_resume(
                 backing_format: args.backing_format.map(layer_format),
             },
         )
-        .map_err(|e| anyhow!("{e}"))?;
-        let reader = ImageReader::open(&chain).map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| RunnerError::msg(e.to_string()))?;
+        let reader = ImageReader::open(&chain).map_err(|e| RunnerError::msg(e.to_string()))?;
         let extents = reader
             .extents(0, reader.virtual_size(), false)
-            .map_err(|e| anyhow!("{}: block status failed: {e}", args.source.display()))?;
+            .map_err(|e| {
+                RunnerError::msg(format!(
+                    "{}: block status failed: {e}",
+                    args.source.display()
+                ))
+            })?;
         let tformat = if is_qcow2(&partial) {
             LayerFormat::Qcow2
         } else {
             LayerFormat::Raw
         };
-        let tchain = target_chain(&partial, tformat, None).map_err(|e| anyhow!("{e}"))?;
-        let treader = ImageReader::open(&tchain).map_err(|e| anyhow!("{e}"))?;
+        let tchain =
+            target_chain(&partial, tformat, None).map_err(|e| RunnerError::msg(e.to_string()))?;
+        let treader = ImageReader::open(&tchain).map_err(|e| RunnerError::msg(e.to_string()))?;
         // Under --io direct the sample stays out of the page cache too.
-        let direct = args.io == crate::cli::IoMode::Direct;
+        let direct = args.io == IoMode::Direct;
         let (src_io, target_io) = (
             FastSource::new(&reader, direct),
             FastSource::new(&treader, direct),
@@ -208,9 +218,10 @@ pub fn run_resume(
         for rec in sample(&chunks) {
             let mut aligned = AlignedBuf::new(buf_index(rec.len));
             let buf = aligned.as_mut_slice();
-            fill_chunk(&src_io, &extents, rec.offset, buf).map_err(|e| anyhow!("{e}"))?;
+            fill_chunk(&src_io, &extents, rec.offset, buf)
+                .map_err(|e| RunnerError::msg(e.to_string()))?;
             if chunk_digest(rec.offset, buf) != rec.digest {
-                return refuse(format!(
+                return refuse(ctx, format!(
                     "the source {} differs from what the job copied at guest offset {:#x}: start a new migration (`vmshift cancel {}` removes the partial target)",
                     args.source.display(),
                     rec.offset,
@@ -221,7 +232,7 @@ pub fn run_resume(
             if target_io.read_at(buf, rec.offset).is_err()
                 || chunk_digest(rec.offset, buf) != rec.digest
             {
-                return refuse(format!(
+                return refuse(ctx, format!(
                     "{} is not the partial target this job wrote (guest offset {:#x} differs): move it away and resume again to copy everything anew",
                     partial.display(),
                     rec.offset
@@ -235,14 +246,17 @@ pub fn run_resume(
         ));
     }
     if !reuse {
-        j.clear_chunks(&job.id).map_err(|e| anyhow!("{e}"))?;
+        j.clear_chunks(&job.id)
+            .map_err(|e| RunnerError::msg(e.to_string()))?;
     }
     let partial_credit = if reuse {
         std::fs::metadata(&partial).map_or(0, |m| m.blocks() * 512)
     } else {
         0
     };
-    let run = j.start_run(&job.id).map_err(|e| anyhow!("{e}"))?;
+    let run = j
+        .start_run(&job.id)
+        .map_err(|e| RunnerError::msg(e.to_string()))?;
     // Refresh the facts so a later resume compares against this run's source.
     if let Ok(chain) = resolve_chain(
         &args.source,
@@ -253,7 +267,7 @@ pub fn run_resume(
     ) {
         let crash = job.facts["crash_consistent"].as_bool().unwrap_or(false);
         j.set_facts(&job.id, &source_facts(&chain, crash))
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| RunnerError::msg(e.to_string()))?;
     }
     let link = JournalLink {
         journal: Arc::new(Mutex::new(j)),
@@ -261,10 +275,9 @@ pub fn run_resume(
         run,
     };
     run_job(
+        ctx,
         &args,
-        cancel,
         Some(Resuming {
-            job_id: job.id.clone(),
             link,
             locks,
             chunks,
@@ -280,57 +293,50 @@ pub fn run_resume(
 /// success: digests the source and the target again and, when they match, records the job
 /// `succeeded`. A mismatch is refused and the file left alone.
 fn finish_renamed(
+    ctx: &JobCtx,
     j: &vmshift_journal::Journal,
     job: &vmshift_journal::JobRecord,
-    args: &MigrateArgs,
+    args: &OfflineRequest,
     dest: &Path,
 ) -> Result<ExitCode> {
-    let opts = |f: Option<FormatArg>| ChainOptions {
+    let opts = |f: Option<crate::request::ImageFormat>| ChainOptions {
         top_format: f.map(layer_format),
         backing_format: args.backing_format.map(layer_format),
     };
-    let chain =
-        resolve_chain(&args.source, &opts(args.source_format)).map_err(|e| anyhow!("{e}"))?;
-    let reader = ImageReader::open(&chain).map_err(|e| anyhow!("{e}"))?;
+    let chain = resolve_chain(&args.source, &opts(args.source_format))
+        .map_err(|e| RunnerError::msg(e.to_string()))?;
+    let reader = ImageReader::open(&chain).map_err(|e| RunnerError::msg(e.to_string()))?;
     let tformat = if is_qcow2(dest) {
         LayerFormat::Qcow2
     } else {
         LayerFormat::Raw
     };
-    let tchain = target_chain(dest, tformat, None).map_err(|e| anyhow!("{e}"))?;
-    let treader = ImageReader::open(&tchain).map_err(|e| anyhow!("{e}"))?;
+    let tchain = target_chain(dest, tformat, None).map_err(|e| RunnerError::msg(e.to_string()))?;
+    let treader = ImageReader::open(&tchain).map_err(|e| RunnerError::msg(e.to_string()))?;
     let size = reader.virtual_size();
     let never = AtomicBool::new(false);
     let counters = vmshift_copy::Counters::default();
     let digest = |r: &ImageReader| {
-        let direct = args.io == crate::cli::IoMode::Direct;
-        vmshift_copy::digest_image_with(
-            r,
-            size,
-            2,
-            crate::offline::CHUNK,
-            direct,
-            &never,
-            &counters,
-        )
-        .map(|d| d.hex())
-        .map_err(|e| anyhow!("{e}"))
+        let direct = args.io == IoMode::Direct;
+        vmshift_copy::digest_image_with(r, size, 2, CHUNK, direct, &never, &counters)
+            .map(|d| d.hex())
+            .map_err(|e| RunnerError::msg(e.to_string()))
     };
     let (a, b) = (digest(&reader)?, digest(&treader)?);
     if a != b || treader.virtual_size() < size {
-        return refuse(format!(
+        return refuse(ctx, format!(
             "{} exists but does not match the source: the job was interrupted after its rename and the file changed since; it is left alone",
             dest.display()
         ));
     }
     j.set_partial_state(&job.id, "final")
         .and_then(|()| j.set_status(&job.id, "succeeded", None))
-        .map_err(|e| anyhow!("{e}"))?;
-    eprintln!(
+        .map_err(|e| RunnerError::msg(e.to_string()))?;
+    ctx.em.say(format!(
         "vmshift: job {} had already put {} in place before it was interrupted; verified again (blake3 {a}): succeeded",
         job.id,
         dest.display()
-    );
+    ));
     Ok(0)
 }
 

@@ -3,7 +3,7 @@
 //! file, `--delete-source` of an image still in use), which images depend on a file, and
 //! whether the source changed while it was copied.
 
-use crate::cli::MigrateArgs;
+use crate::request::OfflineRequest;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ fn inode(p: &Path) -> Option<(u64, u64)> {
 
 /// Problems with the operator's options that the plan itself does not see.
 pub fn problems(
-    args: &MigrateArgs,
+    args: &OfflineRequest,
     chain: Option<&Chain>,
     target: &Path,
     source_lock: &LockState,
@@ -62,12 +62,15 @@ pub fn problems(
     }
     if let Err(e) = crate::state::state_dir().and_then(|d| {
         let reports = d.join("reports");
-        std::fs::create_dir_all(&reports)?;
+        std::fs::create_dir_all(&reports).map_err(|source| crate::RunnerError::Io {
+            message: format!("cannot create {}", reports.display()),
+            source,
+        })?;
         Ok(reports)
     }) {
         out.push(Problem::new(
             "state_dir",
-            format!("the state directory cannot be used: {e:#}"),
+            format!("the state directory cannot be used: {e}"),
             "set VMSHIFT_STATE_DIR to a writable directory",
         ));
     }
@@ -331,15 +334,17 @@ impl SourceStamp {
 
 /// Live plans get the same protection as offline ones: `--delete-source` is refused for a
 /// disk whose image other images use as their backing file, or whose internal snapshots or
-/// persistent bitmaps a mirror does not copy; without `--delete-source` those are warned about.
+/// persistent bitmaps a mirror does not copy; without `--delete-source` those are warned
+/// about (the returned warnings, one line each).
 ///
 /// # Errors
 /// `LiveError::Refused` listing every such disk.
 pub fn check_live_plan(
     plan: vmshift_qmp::LivePlan,
     delete_source: bool,
-) -> Result<vmshift_qmp::LivePlan, vmshift_qmp::LiveError> {
+) -> Result<(vmshift_qmp::LivePlan, Vec<String>), vmshift_qmp::LiveError> {
     let mut refusals = Vec::new();
+    let mut warnings = Vec::new();
     for d in &plan.disks {
         let file = Path::new(&d.disk.file);
         let metadata = qcow2_metadata_not_copied(file);
@@ -365,14 +370,14 @@ pub fn check_live_plan(
                 });
             }
         } else if let Some(what) = &metadata {
-            eprintln!(
-                "vmshift: warning: {} has {what}; the mirror does not copy them and the source keeps them",
+            warnings.push(format!(
+                "{} has {what}; the mirror does not copy them and the source keeps them",
                 file.display()
-            );
+            ));
         }
     }
     if refusals.is_empty() {
-        Ok(plan)
+        Ok((plan, warnings))
     } else {
         Err(vmshift_qmp::LiveError::Refused(refusals))
     }

@@ -1,0 +1,149 @@
+//! `vmshift jobs` and `vmshift status JOB`: what the journal records, read-only.
+
+use anyhow::{anyhow, Result};
+use serde_json::json;
+use vmshift_core::format_bytes;
+use vmshift_journal::JobRecord;
+use vmshift_runner::journal::{read_journal, running_pid, shown_status};
+use vmshift_runner::ExitCode;
+
+fn progress(j: &JobRecord) -> String {
+    if j.status == "succeeded" {
+        return "100%".into();
+    }
+    // Live jobs journal no chunks (QEMU's mirror tracks its own progress).
+    if j.total_bytes == 0 || j.kind != "offline" {
+        return "-".into();
+    }
+    let pct = j.done_bytes.min(j.total_bytes) * 100 / j.total_bytes;
+    format!("{pct}%")
+}
+
+fn job_json(j: &JobRecord) -> serde_json::Value {
+    json!({
+        "job_id": j.id, "kind": j.kind, "source": j.source, "destination": j.destination,
+        "status": shown_status(j), "progress": {"done_bytes": j.done_bytes, "total_bytes": j.total_bytes},
+        "started": j.created_at, "updated": j.updated_at, "error": j.error,
+        "partial": j.partial, "partial_state": j.partial_state, "pid": running_pid(&j.id),
+        "runs": j.runs, "report": j.report,
+    })
+}
+
+/// `vmshift jobs [--json]`.
+///
+/// # Errors
+/// A corrupt journal (named) when no job at all can be read.
+pub fn run_jobs(json_out: bool) -> Result<ExitCode> {
+    let Some(j) = read_journal()? else {
+        if json_out {
+            println!("[]");
+        } else {
+            println!("no jobs yet");
+        }
+        return Ok(0);
+    };
+    let (jobs, problems) = j.jobs()?;
+    let damaged = j.integrity_check().err();
+    if json_out {
+        let v: Vec<_> = jobs.iter().map(job_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{:<36}  {:<7}  {:<11}  {:>8}  {:<24}  SOURCE → DESTINATION",
+            "JOB", "KIND", "STATUS", "PROGRESS", "STARTED"
+        );
+        for job in &jobs {
+            println!(
+                "{:<36}  {:<7}  {:<11}  {:>8}  {:<24}  {} → {}",
+                job.id,
+                job.kind,
+                shown_status(job),
+                progress(job),
+                job.created_at,
+                job.source,
+                job.destination
+            );
+        }
+    }
+    for p in &problems {
+        eprintln!("vmshift: warning: {p}");
+    }
+    if let Some(e) = &damaged {
+        eprintln!("vmshift: warning: {e}");
+    }
+    Ok(if problems.is_empty() && damaged.is_none() {
+        0
+    } else {
+        1
+    })
+}
+
+/// `vmshift status JOB [--json]`.
+///
+/// # Errors
+/// Unknown job, ambiguous prefix or an unreadable journal, named.
+pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
+    let j = read_journal()?.ok_or_else(|| {
+        anyhow!("no job {id}: the journal does not exist yet (no job has run with this state directory)")
+    })?;
+    let job = j.job(id)?;
+    let phases = j.phases(&job.id)?;
+    if json_out {
+        let mut v = job_json(&job);
+        v["options"] = job.options.clone();
+        v["phases"] = serde_json::to_value(&phases)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("job          {}", job.id);
+    println!("kind         {}", job.kind);
+    println!("status       {}", shown_status(&job));
+    if let Some(pid) = running_pid(&job.id) {
+        println!("process      {pid}");
+    }
+    println!("source       {}", job.source);
+    println!("destination  {}", job.destination);
+    if job.kind == "offline" {
+        println!(
+            "progress     {} of {} durable ({})",
+            format_bytes(job.done_bytes),
+            format_bytes(job.total_bytes),
+            progress(&job)
+        );
+    } else {
+        println!(
+            "progress     {} (QEMU's mirror of {}: the journal records its phases, not its bytes)",
+            progress(&job),
+            format_bytes(job.total_bytes)
+        );
+    }
+    if !job.partial.is_empty() {
+        println!("partial      {} ({})", job.partial, job.partial_state);
+    }
+    println!("runs         {}", job.runs);
+    println!("started      {}", job.created_at);
+    println!("updated      {}", job.updated_at);
+    if let Some(e) = &job.error {
+        println!("error        {e}");
+    }
+    if let Some(r) = &job.report {
+        println!("report       {r}");
+    }
+    println!("phases:");
+    for p in &phases {
+        println!(
+            "  run {} {:<10} {}  {}",
+            p.run,
+            p.phase,
+            p.started_at,
+            match p.duration_ms {
+                Some(d) => format!("{d} ms"),
+                None if p.run < job.runs || running_pid(&job.id).is_none() => {
+                    "(interrupted)".to_string()
+                }
+                None => "(running)".to_string(),
+            }
+        );
+    }
+    Ok(0)
+}

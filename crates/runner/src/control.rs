@@ -1,0 +1,222 @@
+//! Commands on recorded jobs: cancel, roll back, change the bandwidth of a running job.
+//! A job running in another process is reached through the journal: the request is
+//! recorded there and that process's [`crate::journal::Watch`] applies it.
+
+use crate::error::IoContext;
+use crate::handle::{ExitCode, JobCtx};
+use crate::journal::{lock_job, open_journal, running_pid, shown_status};
+use crate::{JobEvent, Result};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vmshift_core::format_bytes;
+
+/// How long `cancel` and `set` wait for the job's process to act on the request.
+const WAIT_FOR_JOB: Duration = Duration::from_secs(60);
+
+/// `vmshift cancel JOB [--keep-partial]`: a running job (in any process) is asked through
+/// the journal to stop at its next chunk boundary or poll, and waited for (up to 60 s); a
+/// job whose process is gone is closed here.
+///
+/// # Errors
+/// Unknown job or a journal error; refusals return exit status 2.
+pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitCode> {
+    let j = open_journal()?;
+    let job = j.job(id)?;
+    if !matches!(job.status.as_str(), "running" | "failed") {
+        ctx.em.say(format!(
+            "vmshift: job {} is {}: nothing to cancel",
+            job.id, job.status
+        ));
+        return Ok(2);
+    }
+    if let Some(pid) = running_pid(&job.id) {
+        j.request_cancel(&job.id, keep_partial)?;
+        ctx.em.say(format!(
+            "vmshift: asked process {pid} to cancel job {}",
+            job.id
+        ));
+        let t = Instant::now();
+        while running_pid(&job.id).is_some() && j.job(&job.id)?.status == "running" {
+            if t.elapsed() > WAIT_FOR_JOB {
+                ctx.em
+                    .say(format!("vmshift: job {} still running after 60 s", job.id));
+                return Ok(1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let after = j.job(&job.id)?;
+        ctx.em.say(format!(
+            "vmshift: job {} is {}; partial target {}",
+            after.id, after.status, after.partial_state
+        ));
+        return Ok(if after.status == "cancelled" { 0 } else { 1 });
+    }
+    if job.kind == "live" {
+        return crate::live::cancel::cancel_live(ctx, &j, &job, keep_partial);
+    }
+    // Nobody runs it: close it here, holding its lock so no resume starts meanwhile.
+    let _locks = lock_job(&job.id, Path::new(&job.destination))?;
+    let state = if keep_partial || job.partial.is_empty() {
+        job.partial_state.clone()
+    } else {
+        match std::fs::remove_file(&job.partial) {
+            Ok(()) => "removed".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "removed".into(),
+            Err(e) => {
+                return Err(crate::RunnerError::Io {
+                    message: format!("cannot remove {}", job.partial),
+                    source: e,
+                })
+            }
+        }
+    };
+    j.set_partial_state(&job.id, &state)
+        .and_then(|()| j.set_status(&job.id, "cancelled", Some("cancelled by vmshift cancel")))?;
+    ctx.em.say(format!(
+        "vmshift: job {} cancelled; partial target {state}",
+        job.id
+    ));
+    Ok(0)
+}
+
+/// `vmshift set JOB --bwlimit N`: records the change in the journal and waits (up to 60 s)
+/// until the job's process has applied it (offline: the engine's throttle; live:
+/// `block-job-set-speed` on each mirror). 0 lifts the limit.
+///
+/// # Errors
+/// Unknown job or a journal error; a job that is not running is refused (exit status 2).
+pub(crate) fn set_bwlimit(ctx: &JobCtx, id: &str, bytes_per_sec: u64) -> Result<ExitCode> {
+    let j = open_journal()?;
+    let job = j.job(id)?;
+    let Some(pid) = running_pid(&job.id).filter(|_| job.status == "running") else {
+        ctx.em.say(format!(
+            "vmshift: set refused: job {} is {}, not running: only a running job's bandwidth can change (a resume takes --bwlimit from the job's options)",
+            job.id,
+            shown_status(&job)
+        ));
+        return Ok(2);
+    };
+    let seq = j.request_bwlimit(&job.id, bytes_per_sec)?;
+    let shown = if bytes_per_sec == 0 {
+        "unlimited".to_string()
+    } else {
+        format!("{}/s", format_bytes(bytes_per_sec))
+    };
+    let t = Instant::now();
+    loop {
+        let applied = j
+            .bwlimit_changes(&job.id)?
+            .into_iter()
+            .find(|c| c.seq == seq)
+            .and_then(|c| c.applied_at);
+        if let Some(at) = applied {
+            ctx.em.say(format!(
+                "vmshift: job {} bandwidth limit {shown} (applied by process {pid} at {at})",
+                job.id
+            ));
+            ctx.em.emit(JobEvent::Result {
+                value: json!({"job_id": job.id, "bwlimit_bytes_per_sec": bytes_per_sec, "applied_at": at, "pid": pid}),
+            });
+            return Ok(0);
+        }
+        if running_pid(&job.id).is_none() || t.elapsed() > WAIT_FOR_JOB {
+            ctx.em.say(format!(
+                "vmshift: job {} did not apply the bandwidth limit {shown} (it ended or does not answer)",
+                job.id
+            ));
+            return Ok(1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `vmshift rollback JOB`: undoes a succeeded job. Offline: the source must still exist and
+/// no VM may hold the target; the target is deleted, the job (and its report) become
+/// `rolled_back`, and the references to restore are printed. Live: see
+/// [`crate::live::rollback::rollback_live`].
+///
+/// # Errors
+/// Unknown job or a journal error; refusals return exit status 2.
+pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
+    let j = open_journal()?;
+    let job = j.job(id)?;
+    let refuse = |msg: String| {
+        ctx.em.say(format!("vmshift: rollback refused: {msg}"));
+        Ok(2)
+    };
+    if job.status != "succeeded" {
+        return refuse(format!(
+            "job {} is {}, only a succeeded job can be rolled back",
+            job.id,
+            shown_status(&job)
+        ));
+    }
+    if job.kind == "live" {
+        return crate::live::rollback::rollback_live(ctx, &j, &job);
+    }
+    let _locks = lock_job(&job.id, Path::new(&job.destination))?;
+    let source = Path::new(&job.source);
+    if !source.exists() {
+        return refuse(format!(
+            "the source {} no longer exists (deleted with --delete-source?): the target {} is the only copy, it is kept",
+            job.source, job.destination
+        ));
+    }
+    let dest = Path::new(&job.destination);
+    if dest.exists() {
+        if let Ok(vmshift_core::plan::LockState::Held { pids, .. }) =
+            vmshift_image::lock::probe(dest)
+        {
+            return refuse(format!(
+                "{} is in use by a running VM (pids {pids:?}): stop it or point it back at {} first",
+                job.destination, job.source
+            ));
+        }
+        std::fs::remove_file(dest)
+            .io_context(|| format!("cannot delete the target {}", job.destination))?;
+    }
+    let format = job.options["format"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_default();
+    let references = vec![format!(
+        "point the VM back at {} instead of {} (e.g. virsh edit DOMAIN: <source file=...> and <driver type=...>, or the -drive/-blockdev filename of your QEMU command line)",
+        job.source, job.destination
+    )];
+    j.set_status(&job.id, "rolled_back", None)
+        .and_then(|()| j.set_partial_state(&job.id, "removed"))?;
+    j.phase_started(&job.id, job.runs, "rollback")
+        .and_then(|()| j.phase_ended(&job.id, 0))?;
+    if let Some(r) = &job.report {
+        update_report_status(Path::new(r), &references);
+    }
+    ctx.em.say(format!(
+        "vmshift: job {} rolled back: deleted {}; the source {} is unchanged",
+        job.id, job.destination, job.source
+    ));
+    for r in &references {
+        ctx.em.say(format!("restore: {r}"));
+    }
+    ctx.em.emit(JobEvent::Result {
+        value: json!({"job_id": job.id, "status": "rolled_back", "deleted": job.destination,
+               "source": job.source, "format": format, "references": references}),
+    });
+    Ok(0)
+}
+
+/// Marks the stored report (JSON and Markdown beside it) `rolled_back`.
+pub(crate) fn update_report_status(json_path: &Path, references: &[String]) {
+    let Ok(text) = std::fs::read_to_string(json_path) else {
+        return;
+    };
+    let Ok(mut report) = serde_json::from_str::<vmshift_core::report::Report>(&text) else {
+        return;
+    };
+    report.status = vmshift_core::JobStatus::RolledBack;
+    report.references = references.to_vec();
+    if let Ok(s) = serde_json::to_string_pretty(&report) {
+        let _ = std::fs::write(json_path, s);
+        let _ = std::fs::write(json_path.with_extension("md"), report.to_markdown());
+    }
+}

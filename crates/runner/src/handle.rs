@@ -1,0 +1,295 @@
+//! A started job: its event stream, its controls (cancel, bandwidth) and its outcome.
+
+use crate::event::{JobEvent, PhaseState, Progress};
+use crate::Result;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmshift_copy::Counters;
+use vmshift_core::report::Report;
+use vmshift_core::{Phase, RateLimit};
+
+/// Exit status of a job as the CLI maps it: 0 succeeded, 1 failed after starting (the
+/// source intact, no target under its final name), 2 refused (nothing changed).
+pub type ExitCode = i32;
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The job id (empty when the request was refused before a job existed).
+    pub job_id: String,
+    /// 0 succeeded, 1 failed or cancelled after starting, 2 refused.
+    pub code: ExitCode,
+    /// The job's report, when it wrote one.
+    pub report: Option<Report>,
+    /// Where the report was written.
+    pub report_path: Option<PathBuf>,
+}
+
+/// The levers of a running job, cloneable and usable from any thread (a signal handler,
+/// an HTTP request): cancel it, change its bandwidth limit.
+#[derive(Debug, Clone, Default)]
+pub struct JobControl {
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) rate: Arc<RateLimit>,
+}
+
+impl JobControl {
+    /// Asks the job to stop: offline at the next chunk boundary, live at the next poll
+    /// (before the pivot; a pivot in progress is finished, not undone).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`JobControl::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Changes the bandwidth limit to `bytes_per_sec` (0 lifts it): the offline engine's
+    /// throttle at its next chunk, each live mirror through `block-job-set-speed` at the
+    /// driver's next poll; both within a second.
+    pub fn set_bwlimit(&self, bytes_per_sec: u64) {
+        self.rate.set(bytes_per_sec);
+    }
+
+    /// The current bandwidth limit, bytes/s (0 = unlimited).
+    pub fn bwlimit(&self) -> u64 {
+        self.rate.get()
+    }
+}
+
+/// A job running on its own thread. Read its events with [`JobHandle::events`] (they end
+/// when the job does), steer it with [`JobHandle::control`], collect it with
+/// [`JobHandle::wait`]. Dropping the handle without waiting lets the job run to its end.
+pub struct JobHandle {
+    job_id: String,
+    events: Receiver<JobEvent>,
+    control: JobControl,
+    thread: std::thread::JoinHandle<Result<Outcome>>,
+}
+
+impl JobHandle {
+    /// The job id (for a new job, the one its journal and report will carry).
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// The job's events in order; the iterator ends when the job has finished.
+    pub fn events(&self) -> impl Iterator<Item = JobEvent> + '_ {
+        self.events.iter()
+    }
+
+    /// The job's controls.
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
+    }
+
+    /// Asks the job to stop (see [`JobControl::cancel`]).
+    pub fn cancel(&self) {
+        self.control.cancel();
+    }
+
+    /// Changes the bandwidth limit, bytes/s (see [`JobControl::set_bwlimit`]).
+    pub fn set_bwlimit(&self, bytes_per_sec: u64) {
+        self.control.set_bwlimit(bytes_per_sec);
+    }
+
+    /// Waits for the job to end. Events not read yet are dropped.
+    ///
+    /// # Errors
+    /// A [`crate::RunnerError`] when the runner could not do its own bookkeeping (journal,
+    /// state directory, QEMU unreachable); refusals and failed jobs are an `Outcome`.
+    pub fn wait(self) -> Result<Outcome> {
+        drop(self.events);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(crate::RunnerError::msg("the job's thread panicked")))
+    }
+}
+
+/// The last report a job emitted, and where it was written.
+type LastReport = Arc<Mutex<Option<(Report, Option<PathBuf>)>>>;
+
+/// Sends a job's events to its handle and remembers its report.
+#[derive(Clone)]
+pub(crate) struct Emitter {
+    tx: Sender<JobEvent>,
+    last_report: LastReport,
+}
+
+impl Emitter {
+    /// Sends `e` (a front end that stopped listening loses nothing but the event).
+    pub fn emit(&self, e: JobEvent) {
+        if let JobEvent::Report { report, path } = &e {
+            *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(((**report).clone(), path.clone()));
+        }
+        let _ = self.tx.send(e);
+    }
+
+    /// A line for people.
+    pub fn say(&self, line: impl Into<String>) {
+        self.emit(JobEvent::Log { line: line.into() });
+    }
+
+    /// A phase started.
+    pub fn phase(&self, phase: Phase) {
+        self.emit(JobEvent::Phase {
+            phase,
+            state: PhaseState::Started,
+            duration_ms: None,
+        });
+    }
+
+    /// A phase ended after `duration_ms`.
+    pub fn phase_ended(&self, phase: Phase, duration_ms: u64) {
+        self.emit(JobEvent::Phase {
+            phase,
+            state: PhaseState::Ended,
+            duration_ms: Some(duration_ms),
+        });
+    }
+
+    /// A note (also a human line).
+    pub fn note(&self, message: impl Into<String>) {
+        self.emit(JobEvent::Note {
+            message: message.into(),
+        });
+    }
+
+    /// The report, written at `path`.
+    pub fn report(&self, report: &Report, path: &std::path::Path) {
+        self.emit(JobEvent::Report {
+            report: Box::new(report.clone()),
+            path: Some(path.to_path_buf()),
+        });
+    }
+
+    /// Emits progress of `counters` every 250 ms until the guard is dropped (then once more).
+    pub fn progress(&self, label: &'static str, counters: Arc<Counters>) -> ProgressGuard {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, em) = (stop.clone(), self.clone());
+        let handle = std::thread::spawn(move || {
+            let start = Instant::now();
+            loop {
+                let stopping = s.load(Ordering::Relaxed);
+                let total = counters.total.load(Ordering::Relaxed);
+                let done = counters.done.load(Ordering::Relaxed).min(total);
+                let secs = start.elapsed().as_secs_f64().max(1e-3);
+                let rate = vmshift_core::rate_bytes_per_sec(done, secs);
+                em.emit(JobEvent::Progress(Progress {
+                    phase: label.into(),
+                    done_bytes: done,
+                    total_bytes: total,
+                    rate_bytes_per_sec: rate,
+                    eta_ms: Some(((total - done) * 1000).checked_div(rate).unwrap_or(0)),
+                    disks: Vec::new(),
+                }));
+                if stopping {
+                    return;
+                }
+                // Woken early by the guard's drop, so a phase never waits out the tick.
+                std::thread::park_timeout(Duration::from_millis(250));
+            }
+        });
+        ProgressGuard {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+/// Stops a progress reporter when dropped (after one final sample).
+pub(crate) struct ProgressGuard {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+/// What a job body gets: where to send events, and its controls.
+pub(crate) struct JobCtx {
+    /// The job id.
+    pub job_id: String,
+    /// Event sink.
+    pub em: Emitter,
+    /// Cancel flag and bandwidth limit.
+    pub control: JobControl,
+}
+
+impl JobCtx {
+    /// The context of a job this one starts (a live rollback's move back): same events and
+    /// controls, its own id.
+    pub fn child(&self, job_id: String) -> JobCtx {
+        JobCtx {
+            job_id,
+            em: self.em.clone(),
+            control: self.control.clone(),
+        }
+    }
+}
+
+/// Runs `body` on a thread of its own and returns its handle.
+///
+/// # Errors
+/// The thread cannot be started.
+pub(crate) fn spawn(
+    job_id: String,
+    control: JobControl,
+    body: impl FnOnce(&JobCtx) -> Result<ExitCode> + Send + 'static,
+) -> Result<JobHandle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let em = Emitter {
+        tx,
+        last_report: Arc::default(),
+    };
+    let ctx = JobCtx {
+        job_id: job_id.clone(),
+        em,
+        control: control.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("vmshift-job-{}", &job_id[..job_id.len().min(8)]))
+        .spawn(move || {
+            let code = body(&ctx)?;
+            let last = ctx
+                .em
+                .last_report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let (report, report_path) = match last {
+                Some((r, p)) => (Some(r), p),
+                None => (None, None),
+            };
+            Ok(Outcome {
+                job_id: report
+                    .as_ref()
+                    .map_or_else(|| ctx.job_id.clone(), |r| r.job_id.clone()),
+                code,
+                report,
+                report_path,
+            })
+        })
+        .map_err(|source| crate::RunnerError::Io {
+            message: "cannot start a job thread".into(),
+            source,
+        })?;
+    Ok(JobHandle {
+        job_id,
+        events: rx,
+        control,
+        thread,
+    })
+}

@@ -1,0 +1,132 @@
+//! The journal as running jobs use it: opening it, locking jobs and targets, recording
+//! progress ([`checkpoint`]) and hearing requests from other processes ([`watch`]).
+
+pub mod checkpoint;
+pub mod watch;
+
+pub use checkpoint::{Checkpointer, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL};
+pub use watch::Watch;
+
+use crate::state::state_dir;
+use crate::{Result, RunnerError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmshift_journal::lock::{holder, target_lock_name};
+use vmshift_journal::{FileLock, JobRecord, Journal, LockError, JOURNAL_FILE};
+
+/// The journal file in the state directory.
+///
+/// # Errors
+/// When the state directory cannot be created.
+pub fn journal_path() -> Result<PathBuf> {
+    Ok(state_dir()?.join(JOURNAL_FILE))
+}
+
+/// Opens the journal read-write.
+///
+/// # Errors
+/// The journal's one-line error (corrupt file named, with a hint).
+pub fn open_journal() -> Result<Journal> {
+    let path = journal_path()?;
+    Ok(Journal::open(&path)?)
+}
+
+/// Opens the journal for reading: read-only when it exists, so a damaged one is never
+/// touched; `None` when no job has run with this state directory.
+///
+/// # Errors
+/// The journal's one-line error.
+pub fn read_journal() -> Result<Option<Journal>> {
+    let path = journal_path()?;
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Journal::open_read_only(&path)?))
+}
+
+fn lock_dir() -> Result<PathBuf> {
+    Ok(state_dir()?.join("locks"))
+}
+
+/// The lock file of a job.
+///
+/// # Errors
+/// When the state directory cannot be created.
+pub fn job_lock_path(id: &str) -> Result<PathBuf> {
+    Ok(lock_dir()?.join(format!("job-{id}.lock")))
+}
+
+/// Takes the job lock and the target-path lock (in that order).
+///
+/// # Errors
+/// A one-line refusal naming the holder's pid.
+pub fn lock_job(id: &str, target: &Path) -> Result<Vec<FileLock>> {
+    let refuse = |e: LockError| match e {
+        LockError::Held { what, pid, .. } => RunnerError::msg(format!(
+            "{what} is in use by vmshift process {pid}: wait for it, or `vmshift cancel` its job"
+        )),
+        other => RunnerError::msg(other.to_string()),
+    };
+    let job = FileLock::acquire(&job_lock_path(id)?, &format!("job {id}")).map_err(refuse)?;
+    let tgt = FileLock::acquire(
+        &lock_dir()?.join(target_lock_name(target)),
+        &format!("target {}", target.display()),
+    )
+    .map_err(refuse)?;
+    Ok(vec![job, tgt])
+}
+
+/// The pid of the live process running job `id`, if any.
+pub fn running_pid(id: &str) -> Option<u32> {
+    holder(&job_lock_path(id).ok()?)
+}
+
+/// A job's status as users see it: a `running` job whose process is gone is `interrupted`.
+pub fn shown_status(j: &JobRecord) -> String {
+    if j.status == "running" && running_pid(&j.id).is_none() {
+        "interrupted".into()
+    } else {
+        j.status.clone()
+    }
+}
+
+/// The journal as a running job uses it: shared between the job and its checkpointer.
+#[derive(Clone)]
+pub struct JournalLink {
+    /// The open journal.
+    pub journal: Arc<Mutex<Journal>>,
+    /// The job.
+    pub id: String,
+    /// This run's number (1 = first run).
+    pub run: u32,
+}
+
+impl JournalLink {
+    /// Runs `f` on the journal; errors are logged, not fatal (status bookkeeping only).
+    pub fn note(
+        &self,
+        f: impl FnOnce(&Journal, &str) -> Result<(), vmshift_journal::JournalError>,
+    ) {
+        let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f(&j, &self.id) {
+            tracing::warn!("journal update failed: {e}");
+            eprintln!("vmshift: warning: {e}");
+        }
+    }
+}
+
+/// A test-only crash point: when `VMSHIFT_TEST_SIGKILL_AT` equals `point` in a debug build,
+/// the process sends itself SIGKILL right here (a real kill, no cleanup). Release builds
+/// ignore the variable. Points: `checkpoint:N` (after the Nth checkpoint's fsync, before its
+/// journal commit), `cutover` (after the last commit and verification, before the rename)
+/// and `renamed` (after the rename, before the journal records success); live jobs:
+/// `live:pivoted` (every disk pivoted, old nodes still attached, nothing recorded yet).
+pub fn test_kill_point(point: &str) {
+    if cfg!(debug_assertions) && std::env::var("VMSHIFT_TEST_SIGKILL_AT").is_ok_and(|v| v == point)
+    {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}

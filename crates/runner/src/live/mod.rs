@@ -1,0 +1,145 @@
+//! Live jobs: the disks of a running QEMU mirrored over QMP (`vmshift_qmp`), one pivot for
+//! all. [`migrate`] runs a move; [`resume`], [`cancel`] and [`rollback`] act on a recorded
+//! job through [`recorded`], which finds out where its disks run now.
+
+pub mod cancel;
+pub mod migrate;
+pub mod recorded;
+pub mod resume;
+pub mod rollback;
+
+use crate::request::{CopyMode, ImageFormat, LiveRequest};
+use crate::{Result, RunnerError};
+use std::path::Path;
+use std::time::Duration;
+use vmshift_core::format_bytes;
+use vmshift_core::report::ImageSide;
+use vmshift_qmp::live::LiveError;
+use vmshift_qmp::{CopyModeRequest, Features, LiveMigration, LiveOptions, LivePlan, Qmp};
+
+/// Connects to the VM's QMP socket, with a timeout long enough for QEMU's main loop to
+/// stall under a write-blocking mirror (case C25).
+///
+/// # Errors
+/// One line naming the socket.
+pub fn connect(sock: &Path) -> Result<Qmp> {
+    let mut q = Qmp::connect(sock, Duration::from_secs(5))
+        // The QMP error already names its cause; a context chain would print it twice.
+        .map_err(|e| RunnerError::msg(format!("cannot talk to QEMU at {}: {e}", sock.display())))?;
+    q.set_timeout(Duration::from_secs(60));
+    Ok(q)
+}
+
+/// The live driver's format of a request format.
+pub fn qmp_format(f: ImageFormat) -> vmshift_qmp::TargetFormat {
+    match f {
+        ImageFormat::Raw => vmshift_qmp::TargetFormat::Raw,
+        ImageFormat::Qcow2 => vmshift_qmp::TargetFormat::Qcow2,
+    }
+}
+
+/// The live driver's options for a request.
+pub fn live_options(r: &LiveRequest) -> LiveOptions {
+    let mut o = LiveOptions::new(&r.to);
+    o.disks = r.disks.clone();
+    o.format = r.format.map(qmp_format);
+    o.shallow = r.shallow;
+    o.bwlimit = r.bwlimit.filter(|&b| b > 0);
+    o.copy_mode = match r.copy_mode {
+        CopyMode::Auto => CopyModeRequest::Auto,
+        CopyMode::Background => CopyModeRequest::Background,
+        CopyMode::WriteBlocking => CopyModeRequest::WriteBlocking,
+    };
+    o.ready_timeout = r.ready_timeout.map(Duration::from_secs);
+    o.delete_source = r.delete_source;
+    o
+}
+
+/// The live plan as lines for people.
+pub fn plan_lines(plan: &LivePlan) -> Vec<String> {
+    let mut out = vec![format!(
+        "QEMU {}; block-job-change: {}; destination free: {}",
+        plan.features.version,
+        if plan.features.block_job_change {
+            "yes"
+        } else {
+            "no (7.2: restart to change copy mode)"
+        },
+        format_bytes(plan.dest_available)
+    )];
+    for d in &plan.disks {
+        out.push(format!(
+            "  {} (node {}): {} [{} {}] -> {} [{}], sync {:?}, needs up to {}",
+            d.disk.device,
+            d.disk.node_name,
+            d.disk.file,
+            d.disk.format,
+            format_bytes(d.disk.virtual_size),
+            d.target.display(),
+            d.format.as_str(),
+            d.sync,
+            format_bytes(d.needed_bytes)
+        ));
+    }
+    out
+}
+
+/// A live plan, or why the move would be refused.
+pub enum LiveCheck {
+    /// The move would go ahead.
+    Go(Box<LivePlan>),
+    /// Refused, with the reason (one line).
+    Refused(String),
+}
+
+/// Plans a live move without changing anything.
+///
+/// # Errors
+/// QEMU cannot be reached or answers unexpectedly.
+pub fn check(r: &LiveRequest) -> Result<LiveCheck> {
+    let mut qmp = connect(&r.qmp)?;
+    match LiveMigration::plan(&mut qmp, &live_options(r)) {
+        Ok(plan) => Ok(LiveCheck::Go(Box::new(plan))),
+        Err(
+            e @ (LiveError::Refused(_)
+            | LiveError::NoSuchDisk { .. }
+            | LiveError::Unsupported { .. }),
+        ) => Ok(LiveCheck::Refused(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The disks of a running QEMU as it sees them, and its features.
+///
+/// # Errors
+/// QEMU cannot be reached or answers unexpectedly.
+pub fn info(sock: &Path) -> Result<(Features, Vec<vmshift_qmp::DiskInfo>)> {
+    let mut qmp = connect(sock)?;
+    let features = Features::detect(&mut qmp)?;
+    let disks = vmshift_qmp::disk::discover(&mut qmp)?;
+    Ok((features, disks))
+}
+
+/// Whole milliseconds, rounded up, of a non-negative duration in ms.
+fn ms_ceil(ms: f64) -> u64 {
+    if ms.is_nan() || ms <= 0.0 {
+        0
+    } else if ms >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        #[allow(clippy::cast_possible_truncation)] // range checked above
+        let v = ms.ceil() as u64;
+        v
+    }
+}
+
+/// A report side for a file as it is now.
+fn side(path: &Path, format: &str, virtual_size: u64) -> ImageSide {
+    ImageSide {
+        path: path.display().to_string(),
+        format: format.to_owned(),
+        virtual_size,
+        allocated_bytes: crate::offline::job::allocated_bytes(path),
+        backing_chain: Vec::new(),
+    }
+}

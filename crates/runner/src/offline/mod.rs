@@ -1,0 +1,13 @@
+//! Offline jobs: an image file moved by vmshift's own copy engine, verified, renamed into
+//! place. [`check`] plans, [`job`] records and reports, [`execute`] copies, [`verify`]
+//! proves, [`cutover`] finishes, [`resume`] continues an interrupted job.
+
+pub mod check;
+pub mod cutover;
+pub mod execute;
+pub mod job;
+pub mod resume;
+pub mod verify;
+
+pub use check::{plan_lines, Checked};
+pub use job::{copy_chunk, partial_path, BUFFERED_CHUNK, CHUNK};

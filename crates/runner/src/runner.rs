@@ -1,0 +1,165 @@
+//! [`Runner`]: the one entry point front ends use.
+
+use crate::handle::{spawn, JobControl, JobHandle};
+use crate::live::LiveCheck;
+use crate::request::JobRequest;
+use crate::Result;
+use std::path::PathBuf;
+use vmshift_core::JobId;
+
+/// What a job would do, from [`Runner::check`] (nothing written).
+pub enum Plan {
+    /// An offline move: the check's facts and decisions.
+    Offline(Box<crate::offline::Checked>),
+    /// A live move that would go ahead.
+    Live(Box<vmshift_qmp::LivePlan>),
+    /// A live move that would be refused, and why (one line).
+    LiveRefused(String),
+}
+
+impl Plan {
+    /// Whether the job would go ahead.
+    pub fn go(&self) -> bool {
+        match self {
+            Plan::Offline(c) => c.plan.go(),
+            Plan::Live(_) => true,
+            Plan::LiveRefused(_) => false,
+        }
+    }
+
+    /// The plan as lines for people (what `vmshift check` prints).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Plan::Offline(c) => crate::offline::plan_lines(c),
+            Plan::Live(p) => crate::live::plan_lines(p),
+            Plan::LiveRefused(why) => vec![format!("refused: {why}")],
+        }
+    }
+}
+
+/// Starts and steers jobs. Cheap to create; holds no state of its own beyond the state
+/// directory's journal, so a job started by one process can be steered from another.
+#[derive(Debug, Clone, Default)]
+pub struct Runner {}
+
+impl Runner {
+    /// A runner over the state directory (see the crate docs).
+    pub fn new() -> Self {
+        Runner {}
+    }
+
+    /// The check phase alone: what the job would do, with every problem. No side effects
+    /// (an offline check may create and remove one probe file at the destination).
+    ///
+    /// # Errors
+    /// A live check's QEMU cannot be reached.
+    pub fn check(&self, request: &JobRequest) -> Result<Plan> {
+        Ok(match request {
+            JobRequest::Offline(r) => {
+                Plan::Offline(Box::new(crate::offline::check::check_with(r, None)))
+            }
+            JobRequest::Live(r) => match crate::live::check(r)? {
+                LiveCheck::Go(p) => Plan::Live(p),
+                LiveCheck::Refused(why) => Plan::LiveRefused(why),
+            },
+        })
+    }
+
+    /// Starts a job on a thread of its own. Its bandwidth limit starts at the request's.
+    ///
+    /// # Errors
+    /// The job's thread cannot be started.
+    pub fn start(&self, request: JobRequest) -> Result<JobHandle> {
+        let id = JobId::new().0;
+        let control = JobControl::default();
+        match request {
+            JobRequest::Offline(r) => {
+                control.set_bwlimit(r.bwlimit.unwrap_or(0));
+                spawn(id, control, move |ctx| {
+                    crate::offline::job::run_job(ctx, &r, None)
+                })
+            }
+            JobRequest::Live(r) => {
+                control.set_bwlimit(r.bwlimit.unwrap_or(0));
+                spawn(id, control, move |ctx| {
+                    crate::live::migrate::run_migrate_with(ctx, &r, Default::default())
+                        .map(|(code, _)| code)
+                })
+            }
+        }
+    }
+
+    /// Resumes an interrupted, failed or cancelled job (`id` or a unique prefix): offline
+    /// from its last checkpoint, live by mirroring again or finishing after the pivot.
+    /// `report` is an extra report file.
+    ///
+    /// # Errors
+    /// The journal cannot be read, or the job's thread cannot be started.
+    pub fn resume(&self, id: &str, report: Option<PathBuf>) -> Result<JobHandle> {
+        let (full, bwlimit) = recorded(id)?;
+        let control = JobControl::default();
+        control.set_bwlimit(bwlimit);
+        spawn(full.clone(), control, move |ctx| {
+            crate::offline::resume::run_resume(ctx, &full, report)
+        })
+    }
+
+    /// Undoes a succeeded job: offline, deletes its target; live, mirrors the disks back.
+    ///
+    /// # Errors
+    /// The journal cannot be read, or the job's thread cannot be started.
+    pub fn rollback(&self, id: &str) -> Result<JobHandle> {
+        let (full, bwlimit) = recorded(id)?;
+        let control = JobControl::default();
+        control.set_bwlimit(bwlimit);
+        spawn(full.clone(), control, move |ctx| {
+            crate::control::rollback(ctx, &full)
+        })
+    }
+
+    /// Cancels a job running in any process (through the journal), or closes one whose
+    /// process is gone; `keep_partial` keeps its partial target for a later resume.
+    ///
+    /// # Errors
+    /// The journal cannot be read, or the command's thread cannot be started.
+    pub fn cancel(&self, id: &str, keep_partial: bool) -> Result<JobHandle> {
+        let (full, _) = recorded(id)?;
+        spawn(full.clone(), JobControl::default(), move |ctx| {
+            crate::control::cancel(ctx, &full, keep_partial)
+        })
+    }
+
+    /// Changes the bandwidth limit of a job running in any process, bytes/s (0 lifts it),
+    /// and waits until that process applied it (within a second).
+    ///
+    /// # Errors
+    /// The journal cannot be read, or the command's thread cannot be started.
+    pub fn set_bwlimit(&self, id: &str, bytes_per_sec: u64) -> Result<JobHandle> {
+        let (full, _) = recorded(id)?;
+        spawn(full.clone(), JobControl::default(), move |ctx| {
+            crate::control::set_bwlimit(ctx, &full, bytes_per_sec)
+        })
+    }
+
+    /// Runs the demo (see [`crate::demo`]): the offline move of a sample VM disk, then,
+    /// unless `offline_only` or the first part failed, the live move of the test guest.
+    ///
+    /// # Errors
+    /// The job's thread cannot be started.
+    pub fn demo(&self, offline_only: bool) -> Result<JobHandle> {
+        spawn(JobId::new().0, JobControl::default(), move |ctx| {
+            let code = crate::demo::offline(ctx)?;
+            if code != 0 || offline_only {
+                return Ok(code);
+            }
+            crate::demo::live(&ctx.child(JobId::new().0))
+        })
+    }
+}
+
+/// The full id of a recorded job and its recorded bandwidth limit.
+fn recorded(id: &str) -> Result<(String, u64)> {
+    let j = crate::journal::open_journal()?;
+    let job = j.job(id)?;
+    Ok((job.id, job.options["bwlimit"].as_u64().unwrap_or(0)))
+}
