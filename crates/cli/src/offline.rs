@@ -787,6 +787,7 @@ fn execute(
             .map(|_| &on_chunk as &(dyn Fn(_) -> _ + Sync)),
         chunks_not_zero: reuse,
         read_back: read_back.as_ref(),
+        rate: None,
     };
     let result = {
         let _p = out.progress("copy", counters.clone());
