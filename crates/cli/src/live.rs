@@ -537,7 +537,7 @@ pub fn run_migrate_with(
                         "done_bytes": p.total.done, "total_bytes": p.total.total,
                         "rate_bytes_per_sec": p.rate, "eta_ms": eta_ms,
                         "disks": p.disks.iter().map(|d| json!({"device": d.device, "done_bytes": d.progress.done,
-                            "total_bytes": d.progress.total, "ready": d.ready, "copy_mode": d.copy_mode.as_qmp()})).collect::<Vec<_>>()}),
+                            "total_bytes": d.progress.total, "ready": d.ready, "waiting_for_ready": d.waiting_for_ready, "copy_mode": d.copy_mode.as_qmp()})).collect::<Vec<_>>()}),
                     );
                     if !json_mode {
                         let per: Vec<String> = p
@@ -546,6 +546,8 @@ pub fn run_migrate_with(
                             .map(|d| {
                                 if d.ready {
                                     format!("{} ready", d.device)
+                                } else if d.waiting_for_ready {
+                                    format!("{} waiting for ready", d.device)
                                 } else {
                                     format!(
                                         "{} {:.0}% {}",

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::client::{Event, Qmp};
-use crate::policy::{self, CopyMode, Fallback, ModeDecision, Progress, RateMeter};
+use crate::policy::{self, CopyMode, Fallback, ModeDecision, Progress};
+use vmshift_core::{format_bytes, RateLimit};
 
 use super::cleanup::undo;
 use super::error::LiveError;
 use super::jobs::cancel_and_wait;
+use super::outcome::LimitChange;
 use super::plan::{LivePlan, SyncMode};
-use super::progress::{ms, DiskProgress, LiveProgress};
+use super::progress::{ms, DiskProgress, LiveProgress, RateWindow, RATE_WINDOW};
 use super::state::DiskRun;
 use super::stats::{bitmap_count, blockstats, remove_bitmaps, stats_key};
 use super::target::attach_target;
@@ -25,11 +27,17 @@ pub(super) struct Driver<'a> {
     pub(super) plan: &'a LivePlan,
     pub(super) runs: Vec<DiskRun>,
     pub(super) t0: Instant,
-    meter: RateMeter,
+    meter: RateWindow,
+    /// The shared limit to follow, if any.
+    rate: Option<&'a RateLimit>,
+    /// The limit last applied to every job, bytes/s (0 = unlimited).
+    applied: u64,
+    /// Limits applied while copying.
+    pub(super) changes: Vec<LimitChange>,
 }
 
 impl<'a> Driver<'a> {
-    pub(super) fn new(plan: &'a LivePlan) -> Driver<'a> {
+    pub(super) fn new(plan: &'a LivePlan, rate: Option<&'a RateLimit>) -> Driver<'a> {
         // Unique per run: a VM may already run on nodes of an earlier run of this process.
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
@@ -44,8 +52,60 @@ impl<'a> Driver<'a> {
             plan,
             runs,
             t0: Instant::now(),
-            meter: RateMeter::default(),
+            meter: RateWindow::new(RATE_WINDOW),
+            rate,
+            applied: rate.map_or(0, RateLimit::get),
+            changes: Vec::new(),
         }
+    }
+
+    /// The speed limit jobs should run at now, bytes/s (`None` = unlimited): the shared
+    /// limit when following one, else the plan's fixed `bwlimit`.
+    fn limit(&self) -> Option<u64> {
+        match self.rate {
+            Some(r) => Some(r.get()).filter(|&v| v > 0),
+            None => self.plan.options.bwlimit,
+        }
+    }
+
+    /// Applies a changed shared limit to every started job (`block-job-set-speed`,
+    /// `speed` in bytes/s, 0 = unlimited). A job that refuses keeps its speed and is retried
+    /// at the next poll; the change is recorded once every job runs at it. Returns a note.
+    fn apply_limit(&mut self, qmp: &mut Qmp) -> Option<String> {
+        let want = self.rate?.get();
+        if want == self.applied {
+            return None;
+        }
+        let mut all = true;
+        for r in self
+            .runs
+            .iter_mut()
+            .filter(|r| r.job_started && r.speed != want)
+        {
+            match qmp.call(
+                "block-job-set-speed",
+                json!({"device": r.job_id, "speed": want}),
+            ) {
+                Ok(_) => r.speed = want,
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(job = %r.job_id, %e, "cannot change the speed limit");
+                }
+            }
+        }
+        if !all {
+            return None;
+        }
+        self.applied = want;
+        self.changes.push(LimitChange {
+            at_ms: ms(self.t0.elapsed()),
+            bytes_per_sec: want,
+        });
+        Some(if want == 0 {
+            "bandwidth limit lifted".to_owned()
+        } else {
+            format!("bandwidth limit changed to {}/s", format_bytes(want))
+        })
     }
 
     pub(super) fn report(
@@ -60,22 +120,33 @@ impl<'a> Driver<'a> {
         });
         let elapsed = self.t0.elapsed();
         let rate = self.meter.sample(elapsed, total.done);
+        let disks: Vec<DiskProgress> = self
+            .runs
+            .iter()
+            .map(|r| DiskProgress {
+                device: r.planned.disk.device.clone(),
+                progress: r.progress,
+                ready: r.ready_at.is_some(),
+                waiting_for_ready: r.job_started
+                    && r.ready_at.is_none()
+                    && r.progress.total > 0
+                    && r.progress.done >= r.progress.total,
+                copy_mode: r.mode,
+            })
+            .collect();
+        // A disk waiting for ready has no remaining bytes but an unknown time to ready.
+        let eta = if disks.iter().any(|d| d.waiting_for_ready) {
+            None
+        } else {
+            policy::eta(total.remaining(), rate)
+        };
         cb(&LiveProgress {
             phase,
             elapsed,
-            disks: self
-                .runs
-                .iter()
-                .map(|r| DiskProgress {
-                    device: r.planned.disk.device.clone(),
-                    progress: r.progress,
-                    ready: r.ready_at.is_some(),
-                    copy_mode: r.mode,
-                })
-                .collect(),
+            disks,
             total,
             rate,
-            eta: policy::eta(total.remaining(), rate),
+            eta,
             note,
         });
     }
@@ -112,7 +183,11 @@ impl<'a> Driver<'a> {
             for ev in qmp.take_events() {
                 self.on_event(&ev)?;
             }
-            let note = self.converge(qmp)?;
+            let limited = self.apply_limit(qmp);
+            let note = match (limited, self.converge(qmp)?) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            };
             self.report("copying", note, cb);
             if self.runs.iter().all(|r| r.ready_at.is_some()) {
                 return Ok(());
@@ -157,6 +232,7 @@ impl<'a> Driver<'a> {
         })();
         remove_bitmaps(qmp, &bitmaps);
         let (before, after, elapsed, nodes) = sampled?;
+        let limit = self.limit();
         for r in &mut self.runs {
             let key = stats_key(&r.planned.disk);
             let b = before.get(&key).copied().unwrap_or(0);
@@ -173,7 +249,7 @@ impl<'a> Driver<'a> {
             r.decision = policy::choose_copy_mode(
                 opts.copy_mode,
                 r.write_rate,
-                opts.bwlimit,
+                limit,
                 r.planned.disk.virtual_size,
                 self.plan.features.block_job_change,
             );
@@ -196,7 +272,7 @@ impl<'a> Driver<'a> {
     /// the guest's writes rose past what a background copy can follow or a job missed its
     /// bound; fails on the operator's ready timeout. Returns a note on a fallback.
     fn converge(&mut self, qmp: &mut Qmp) -> Result<Option<String>, LiveError> {
-        let opts = &self.plan.options;
+        let limit = self.limit();
         let mut note = None;
         // Watch the guest's write rate while background jobs copy: it may rise after the
         // sample taken before the start.
@@ -228,7 +304,7 @@ impl<'a> Driver<'a> {
             if let (Some(&(t0, w0)), Some(&(t1, w1))) = (r.wr_window.front(), r.wr_window.back()) {
                 let span = t1.saturating_duration_since(t0);
                 let observed = policy::write_rate(w0, w1, span);
-                if policy::fall_back_early(&r.decision, observed, span, opts.bwlimit) {
+                if policy::fall_back_early(&r.decision, observed, span, limit) {
                     let since = r.started.map(|s| s.elapsed()).unwrap_or_default();
                     r.reason = format!(
                         "{}; the guest's writes rose to {observed} B/s during the copy",
@@ -241,7 +317,7 @@ impl<'a> Driver<'a> {
             }
             let r = &self.runs[i];
             let since = r.started.map(|s| s.elapsed()).unwrap_or_default();
-            if let Some(limit) = opts.ready_timeout {
+            if let Some(limit) = self.plan.options.ready_timeout {
                 let waited = r.first_start.map(|s| s.elapsed()).unwrap_or_default();
                 if waited > limit {
                     return Err(LiveError::NotConverged {
@@ -259,7 +335,7 @@ impl<'a> Driver<'a> {
     }
 
     fn start_job(&mut self, qmp: &mut Qmp, i: usize) -> Result<(), LiveError> {
-        let opts = &self.plan.options;
+        let limit = self.limit();
         let features = &self.plan.features;
         let r = &mut self.runs[i];
         let mut args = json!({
@@ -273,9 +349,11 @@ impl<'a> Driver<'a> {
         if features.mirror_copy_mode {
             args["copy-mode"] = json!(r.mode.as_qmp());
         }
-        if let Some(speed) = opts.bwlimit {
+        // A job (re)started after a fallback runs at the limit in force now.
+        if let Some(speed) = limit {
             args["speed"] = json!(speed);
         }
+        r.speed = limit.unwrap_or(0);
         qmp.call("blockdev-mirror", args)?;
         let now = Instant::now();
         r.job_started = true;
@@ -368,7 +446,7 @@ impl<'a> Driver<'a> {
         let r = &self.runs[i];
         let device = r.planned.disk.device.clone();
         let size = r.planned.disk.virtual_size;
-        let limit = self.plan.options.bwlimit;
+        let limit = self.limit();
         match r.decision.fallback {
             Fallback::Abort => Err(LiveError::NotConverged {
                 device,

@@ -28,15 +28,17 @@ mod target;
 use std::sync::atomic::AtomicBool;
 
 use crate::client::Qmp;
+use vmshift_core::RateLimit;
 
 use driver::Driver;
 
 pub use error::{LiveError, Refusal};
 pub use jobs::cancel_and_wait;
 pub use options::{ExistingTarget, LiveOptions, TargetFormat};
+pub use outcome::LimitChange;
 pub use outcome::{DiskOutcome, LiveOutcome};
 pub use plan::{LivePlan, PlannedDisk, SyncMode};
-pub use progress::{DiskProgress, LiveProgress};
+pub use progress::{DiskProgress, LiveProgress, RateWindow, RATE_WINDOW};
 
 /// Entry points of the live driver.
 #[derive(Debug)]
@@ -54,14 +56,30 @@ impl LiveMigration {
     /// converges, pivots every disk together. `progress` is called at every poll;
     /// `cancel` is checked at every poll until the pivot starts (after that the pivot is
     /// finished, not undone). On `Err` before the pivot the VM runs on its sources and the
-    /// driver's nodes, jobs and created files are gone.
+    /// driver's nodes, jobs and created files are gone. The speed limit is the plan's fixed
+    /// `bwlimit`; [`LiveMigration::run_with_limit`] follows one that changes.
     pub fn run(
         qmp: &mut Qmp,
         plan: &LivePlan,
         progress: &mut dyn FnMut(&LiveProgress),
         cancel: &AtomicBool,
     ) -> Result<LiveOutcome, LiveError> {
-        let mut d = Driver::new(plan);
+        Self::run_with_limit(qmp, plan, None, progress, cancel)
+    }
+
+    /// [`LiveMigration::run`] under a bandwidth limit that may change while the mirrors
+    /// copy. With `rate` set, jobs start at `rate.get()` bytes/s (0 = unlimited) instead of
+    /// the plan's `bwlimit`, and at every poll until the pivot a changed limit is applied to
+    /// every running mirror job with `block-job-set-speed` (QEMU qapi/block-core.json; in
+    /// 7.2), reported as a progress note and recorded in [`LiveOutcome::bwlimit_changes`].
+    pub fn run_with_limit(
+        qmp: &mut Qmp,
+        plan: &LivePlan,
+        rate: Option<&RateLimit>,
+        progress: &mut dyn FnMut(&LiveProgress),
+        cancel: &AtomicBool,
+    ) -> Result<LiveOutcome, LiveError> {
+        let mut d = Driver::new(plan, rate);
         match d.copy(qmp, progress, cancel) {
             Ok(()) => {}
             Err(e) => return Err(d.abort(qmp, e, progress)),

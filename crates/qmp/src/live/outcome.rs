@@ -55,4 +55,15 @@ pub struct LiveOutcome {
     pub pivot_ms: f64,
     /// Wall time of the whole run, ms.
     pub duration_ms: u64,
+    /// Each bandwidth limit applied to the running jobs during the copy, in order.
+    pub bwlimit_changes: Vec<LimitChange>,
+}
+
+/// A bandwidth limit applied while the mirrors copied (`block-job-set-speed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitChange {
+    /// Time since the run started, ms.
+    pub at_ms: u64,
+    /// The new limit, bytes/s (0 = unlimited).
+    pub bytes_per_sec: u64,
 }

@@ -110,6 +110,7 @@ impl Driver<'_> {
             disks,
             pivot_ms,
             duration_ms: ms(self.t0.elapsed()),
+            bwlimit_changes: self.changes.clone(),
         })
     }
 
@@ -121,14 +122,16 @@ impl Driver<'_> {
         // (`bdrv_co_write_req_prepare: Assertion child->perm & BLK_PERM_WRITE`) when the
         // speed of an active mirror changes while guest writes are in flight and the job
         // completes (reproduced 3 of 5 times under case C25's load).
-        if self.plan.options.bwlimit.is_some() {
-            for r in self.runs.iter().filter(|r| r.mode == CopyMode::Background) {
-                if let Err(e) = qmp.call(
-                    "block-job-set-speed",
-                    json!({"device": r.job_id, "speed": 0}),
-                ) {
-                    tracing::warn!(job = %r.job_id, %e, "cannot lift the speed limit before the pivot");
-                }
+        let limited = self
+            .runs
+            .iter()
+            .filter(|r| r.speed != 0 && r.mode == CopyMode::Background);
+        for r in limited {
+            if let Err(e) = qmp.call(
+                "block-job-set-speed",
+                json!({"device": r.job_id, "speed": 0}),
+            ) {
+                tracing::warn!(job = %r.job_id, %e, "cannot lift the speed limit before the pivot");
             }
         }
     }

@@ -28,6 +28,8 @@ pub(super) struct DiskRun {
     pub(super) ready_at: Option<Instant>,
     pub(super) restarts: u32,
     pub(super) progress: Progress,
+    /// The speed limit the job runs at, bytes/s (0 = unlimited).
+    pub(super) speed: u64,
     /// `wr_bytes` samples taken during a background copy, oldest first.
     pub(super) wr_window: VecDeque<(Instant, u64)>,
 }
@@ -54,6 +56,7 @@ impl DiskRun {
             ready_at: None,
             restarts: 0,
             progress: Progress::default(),
+            speed: 0,
             wr_window: VecDeque::new(),
         }
     }
