@@ -122,7 +122,8 @@ pub struct CopyOptions {
     pub threads: usize,
     /// Chunk size in bytes (a multiple of 1 MiB).
     pub chunk: u64,
-    /// Bandwidth limit in bytes/s of guest data read (0 = unlimited).
+    /// Bandwidth limit in bytes/s of guest data read (0 = unlimited), fixed for the whole
+    /// copy unless [`CopyHooks::rate`] is set.
     pub bwlimit: u64,
     /// Zero detection granularity in bytes (4 KiB for raw, the cluster size for qcow2).
     pub zero_granularity: usize,
@@ -185,6 +186,10 @@ pub struct CopyHooks<'a> {
     /// Read each data chunk back from the target after writing it and hash it there
     /// (verification during the copy; see [`crate::readback`]).
     pub read_back: Option<&'a ReadBack>,
+    /// A bandwidth limit (bytes/s of guest data read, 0 = unlimited) that may change while
+    /// the copy runs; it replaces [`CopyOptions::bwlimit`]. A change takes effect within
+    /// 100 ms, re-timing only the bytes still waiting ([`crate::throttle`]).
+    pub rate: Option<&'a vmshift_core::RateLimit>,
 }
 
 /// Copies `source` (its block status `extents`, from [`ImageReader::extents`]) into `target`.
@@ -249,7 +254,10 @@ pub fn copy_image_with(
         .sum();
     counters.start_pass(chunk_bytes);
     let digest = opts.hash.then(|| SparseDigest::new(size));
-    let throttle = Throttle::new(opts.bwlimit);
+    let throttle = match hooks.rate {
+        Some(limit) => Throttle::live(limit),
+        None => Throttle::new(opts.bwlimit),
+    };
     let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested())
         .releasing_behind(opts.threads);
     // One chunk per worker in writeback: enough to keep the disk busy (2 GiB raw→raw:

@@ -6,7 +6,7 @@
 //! - [`readback`]: verification during the copy (chunks read back from the target).
 //! - [`zero`]: zero detection.
 //! - [`io`]: aligned buffers, `O_DIRECT` source reads, dropping source pages once read.
-//! - [`throttle`]: the bandwidth limit.
+//! - [`throttle`]: the bandwidth limit, fixed or following a [`vmshift_core::RateLimit`].
 //! - [`writeback`]: write-behind, so a buffered copy's target pages never pile up.
 
 pub mod digest;

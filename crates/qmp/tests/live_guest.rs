@@ -523,3 +523,102 @@ fn explicit_background_mode_aborts_cleanly_at_the_operator_deadline() {
     assert_no_leftovers(&mut qmp, &[]);
     assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 0);
 }
+
+/// Bytes/s between the first progress sample at or after `from` and the last at or before
+/// `to` (elapsed, bytes done).
+fn rate_between(samples: &[(Duration, u64)], from: Duration, to: Duration) -> f64 {
+    let a = samples
+        .iter()
+        .find(|s| s.0 >= from)
+        .expect("a sample after from");
+    let b = samples
+        .iter()
+        .rev()
+        .find(|s| s.0 <= to)
+        .expect("a sample before to");
+    assert!(b.0 > a.0, "no time between {a:?} and {b:?}");
+    b.1.saturating_sub(a.1) as f64 / (b.0 - a.0).as_secs_f64()
+}
+
+#[test]
+fn a_bandwidth_limit_raised_mid_mirror_speeds_the_copy_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("bulk.raw");
+    stamped_image(&src, 256 * MIB, "raw");
+    let dest = dir.path().join("fast");
+    std::fs::create_dir(&dest).expect("mkdir");
+    let vm = Vm::boot(
+        dir.path(),
+        &[Disk {
+            path: src.clone(),
+            format: "raw",
+        }],
+        "vmshift.rate=65536",
+    );
+    vm.wait_serial("VMSHIFT-SEQ", BOOT);
+    let mut opts = LiveOptions::new(&dest);
+    opts.rate_sample = Duration::from_millis(300);
+    opts.copy_mode = CopyModeRequest::Background;
+    opts.bwlimit = Some(4 * MIB);
+    let limit = vmshift_core::RateLimit::new(4 * MIB);
+    let mut qmp = vm.qmp();
+    let plan = LiveMigration::plan(&mut qmp, &opts).expect("plan");
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    let mut first_progress: Option<Duration> = None;
+    let mut raised_at: Option<Duration> = None;
+    let mut notes = Vec::new();
+    let mut cb = |p: &vmshift_qmp::LiveProgress| {
+        if let Some(n) = &p.note {
+            notes.push(n.clone());
+        }
+        if p.phase != "copying" {
+            return;
+        }
+        samples.push((p.elapsed, p.total.done));
+        // QEMU's mirror copies in bursts of its buffer (16 MiB) and then sleeps to keep to
+        // the limit: measure "before" from the start of the job, not from the first burst.
+        let first = *first_progress.get_or_insert(p.elapsed);
+        if raised_at.is_none() && p.total.done > 0 && p.elapsed >= first + Duration::from_secs(2) {
+            limit.set(64 * MIB);
+            raised_at = Some(p.elapsed);
+        }
+    };
+    let out = LiveMigration::run_with_limit(
+        &mut qmp,
+        &plan,
+        Some(&limit),
+        &mut cb,
+        &AtomicBool::new(false),
+    )
+    .expect("live migration");
+    let raised = raised_at.expect("the limit was raised during the copy");
+    let first = first_progress.expect("progress");
+    let end = samples.last().expect("samples").0;
+    // The job started at most one poll before the first report of the copy, with 0 bytes.
+    let started = first.saturating_sub(opts.poll_interval);
+    samples.insert(0, (started, 0));
+    let before = rate_between(&samples, started, raised);
+    // The first poll after the raise applies it; measure from the one after.
+    let after = rate_between(&samples, raised + Duration::from_millis(500), end);
+    eprintln!(
+        "before {:.1} MiB/s, after {:.1} MiB/s (raised at {raised:?}, ready at {end:?}); changes {:?}",
+        before / MIB as f64,
+        after / MIB as f64,
+        out.bwlimit_changes
+    );
+    assert!(
+        after >= 3.0 * before,
+        "after {after:.0} B/s, before {before:.0} B/s"
+    );
+    assert_eq!(out.bwlimit_changes.len(), 1, "{:?}", out.bwlimit_changes);
+    assert_eq!(out.bwlimit_changes[0].bytes_per_sec, 64 * MIB);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("bandwidth limit changed to")),
+        "{notes:?}"
+    );
+    let mut vm = vm;
+    vm.quit(&mut qmp);
+}

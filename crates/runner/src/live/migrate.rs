@@ -122,7 +122,7 @@ impl ProgressRelay<'_> {
                         done_bytes: d.progress.done,
                         total_bytes: d.progress.total,
                         ready: d.ready,
-                        waiting_for_ready: false,
+                        waiting_for_ready: d.waiting_for_ready,
                         copy_mode: d.copy_mode.as_qmp().to_owned(),
                     })
                     .collect(),
@@ -226,7 +226,13 @@ pub(crate) fn run_migrate_with(
                 clock: &mut clock,
                 last: Instant::now() - Duration::from_secs(5),
             };
-            match LiveMigration::run(&mut qmp, &plan, &mut |p| relay.on(p), &ctx.control.cancel) {
+            match LiveMigration::run_with_limit(
+                &mut qmp,
+                &plan,
+                Some(&ctx.control.rate),
+                &mut |p| relay.on(p),
+                &ctx.control.cancel,
+            ) {
                 Ok(out) => Ok((plan, out)),
                 Err(e) => {
                     let ph = match &e {

@@ -208,6 +208,8 @@ impl Run<'_> {
                 .map(|_| &on_chunk as &(dyn Fn(_) -> _ + Sync)),
             chunks_not_zero: reuse,
             read_back: read_back.as_ref(),
+            // Follows `vmshift set JOB --bwlimit` and JobControl::set_bwlimit.
+            rate: Some(&self.ctx.control.rate),
         };
         let cancel = &self.ctx.control.cancel;
         let result = {
