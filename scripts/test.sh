@@ -14,6 +14,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --lib --bins --tests -- --test-threads="${VMSHIFT_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# The runner's rustdoc example migrates a real image: it is a test too.
+cargo test --workspace --doc 2>&1 | tee -a "$log" || status=$?
 # One closing line over every test binary (cargo prints one "test result" per target).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
