@@ -5,9 +5,10 @@
 use crate::error::IoContext;
 use crate::handle::{ExitCode, JobCtx};
 use crate::journal::{lock_job, open_journal, running_pid, shown_status};
+use crate::state::update_report_status;
 use crate::{JobEvent, Result};
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmshift_core::format_bytes;
 
@@ -78,6 +79,38 @@ pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitC
         job.id
     ));
     Ok(0)
+}
+
+/// `vmshift resume JOB`: refuses a job that runs or cannot be resumed, then continues it
+/// by its kind (see [`crate::offline::resume`] and [`crate::live::resume`]).
+///
+/// # Errors
+/// A journal error (named); refusals print one line and return 2.
+pub(crate) fn resume(ctx: &JobCtx, id: &str, report: Option<PathBuf>) -> Result<ExitCode> {
+    let j = open_journal()?;
+    let job = j.job(id)?;
+    let refuse = |msg: String| {
+        ctx.em.say(format!("vmshift: resume refused: {msg}"));
+        Ok(2)
+    };
+    if let Some(pid) = running_pid(&job.id) {
+        return refuse(format!(
+            "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
+            job.id, job.id
+        ));
+    }
+    if !matches!(job.status.as_str(), "running" | "failed" | "cancelled") {
+        return refuse(format!(
+            "job {} is {}: only interrupted, failed or cancelled jobs can be resumed",
+            job.id,
+            shown_status(&job)
+        ));
+    }
+    match job.kind.as_str() {
+        "live" => crate::live::resume::resume_live(ctx, j, job, report),
+        "offline" => crate::offline::resume::run_resume(ctx, j, job, report),
+        other => refuse(format!("job {} has an unknown kind {other:?}", job.id)),
+    }
 }
 
 /// `vmshift set JOB --bwlimit N`: records the change in the journal and waits (up to 60 s)
@@ -203,20 +236,4 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
                "source": job.source, "format": format, "references": references}),
     });
     Ok(0)
-}
-
-/// Marks the stored report (JSON and Markdown beside it) `rolled_back`.
-pub(crate) fn update_report_status(json_path: &Path, references: &[String]) {
-    let Ok(text) = std::fs::read_to_string(json_path) else {
-        return;
-    };
-    let Ok(mut report) = serde_json::from_str::<vmshift_core::report::Report>(&text) else {
-        return;
-    };
-    report.status = vmshift_core::JobStatus::RolledBack;
-    report.references = references.to_vec();
-    if let Ok(s) = serde_json::to_string_pretty(&report) {
-        let _ = std::fs::write(json_path, s);
-        let _ = std::fs::write(json_path.with_extension("md"), report.to_markdown());
-    }
 }

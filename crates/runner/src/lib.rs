@@ -42,6 +42,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod files;
 pub mod handle;
 pub mod journal;
 pub mod live;

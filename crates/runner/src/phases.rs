@@ -3,14 +3,10 @@
 
 use crate::handle::Emitter;
 use crate::journal::JournalLink;
+pub use crate::state::now_rfc3339;
 use std::time::Instant;
 use vmshift_core::report::PhaseTiming;
 use vmshift_core::Phase;
-
-/// The current UTC time as RFC 3339 with milliseconds (the journal's and reports' format).
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 /// The phases of one run of a job.
 pub(crate) struct PhaseClock {

@@ -100,7 +100,7 @@ impl Runner {
         let control = JobControl::default();
         control.set_bwlimit(bwlimit);
         spawn(full.clone(), control, move |ctx| {
-            crate::offline::resume::run_resume(ctx, &full, report)
+            crate::control::resume(ctx, &full, report)
         })
     }
 

@@ -37,7 +37,7 @@ pub fn problems(
         let lands_on_image = inode(r)
             .is_some_and(|i| chain_inodes.contains(&i) || Some(i) == inode(target))
             || r == target
-            || r == &crate::offline::partial_path(target);
+            || r == &crate::files::partial_path(target);
         if lands_on_image {
             out.push(Problem::new(
                 "report_path",
@@ -76,7 +76,7 @@ pub fn problems(
     }
 
     // A partial target under our temporary name belongs to a running or interrupted job.
-    let partial = crate::offline::partial_path(target);
+    let partial = crate::files::partial_path(target);
     if partial.exists() {
         let writer = crate::state::state_dir().ok().and_then(|d| {
             vmshift_journal::lock::holder(

@@ -53,3 +53,24 @@ pub fn write_report(report: &Report, extra: Option<&Path>) -> Result<PathBuf> {
     }
     Ok(json_path)
 }
+
+/// Marks the stored report (JSON and Markdown beside it) `rolled_back`.
+pub fn update_report_status(json_path: &Path, references: &[String]) {
+    let Ok(text) = std::fs::read_to_string(json_path) else {
+        return;
+    };
+    let Ok(mut report) = serde_json::from_str::<vmshift_core::report::Report>(&text) else {
+        return;
+    };
+    report.status = vmshift_core::JobStatus::RolledBack;
+    report.references = references.to_vec();
+    if let Ok(s) = serde_json::to_string_pretty(&report) {
+        let _ = std::fs::write(json_path, s);
+        let _ = std::fs::write(json_path.with_extension("md"), report.to_markdown());
+    }
+}
+
+/// The current UTC time as RFC 3339 with milliseconds (the journal's and reports' format).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

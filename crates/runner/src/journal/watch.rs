@@ -4,7 +4,7 @@
 
 use super::JournalLink;
 use crate::handle::{Emitter, JobControl};
-use crate::phases::now_rfc3339;
+use crate::state::now_rfc3339;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -139,7 +139,7 @@ fn side(path: &Path, format: &str, virtual_size: u64) -> ImageSide {
         path: path.display().to_string(),
         format: format.to_owned(),
         virtual_size,
-        allocated_bytes: crate::offline::job::allocated_bytes(path),
+        allocated_bytes: crate::files::allocated_bytes(path),
         backing_chain: Vec::new(),
     }
 }

@@ -174,7 +174,7 @@ pub(crate) fn rollback_live(
         .phase_started(&job.id, job.runs, "rollback")
         .and_then(|()| j.phase_ended(&job.id, 0));
     if let Some(r) = &job.report {
-        crate::control::update_report_status(Path::new(r), &references);
+        crate::state::update_report_status(Path::new(r), &references);
     }
     ctx.em.say(format!(
         "vmshift: job {} rolled back by job {new_id}: the VM runs on {} again",

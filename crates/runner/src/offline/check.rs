@@ -3,6 +3,7 @@
 //! renders the plan for people. Nothing is written (but a probe file that is removed at
 //! once, to learn whether the destination's filesystem can hold a raw target).
 
+pub use crate::files::abs;
 use crate::request::{ImageFormat, OfflineRequest};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -202,14 +203,6 @@ fn format_from_name(to: &Path) -> Option<TargetFormat> {
         "raw" => Some(TargetFormat::Raw),
         _ => None,
     }
-}
-
-/// Absolute form of `p` (not resolving symlinks).
-pub fn abs(p: &Path) -> String {
-    std::path::absolute(p)
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
 }
 
 /// The plan as lines for people (the `check` output and the start of a migration).

@@ -3,7 +3,7 @@
 //! source, only when asked and only after verification).
 
 use super::execute::{Copied, Run};
-use super::job::allocated_bytes;
+use crate::files::allocated_bytes;
 use crate::journal::test_kill_point;
 use crate::phases::PhaseClock;
 use std::path::Path;

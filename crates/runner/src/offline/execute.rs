@@ -2,7 +2,8 @@
 //! [`super::cutover`]. Each step returns `Err(message)` for a failure that ends the job.
 
 use super::check::Checked;
-use super::job::{copy_chunk, partial_path, Resuming};
+use super::job::{copy_chunk, Resuming};
+use crate::files::partial_path;
 use crate::handle::JobCtx;
 use crate::journal::{Checkpointer, JournalLink};
 use crate::request::{IoMode, OfflineRequest, VerifyMode};
@@ -310,7 +311,7 @@ impl Run<'_> {
             report.destination.backing_chain = below
                 .layers
                 .iter()
-                .map(|l| super::check::abs(&l.path))
+                .map(|l| crate::files::abs(&l.path))
                 .collect();
             report.warnings.push(format!(
                 "the target still depends on its backing file {} (kept in place): do not move or delete it",

@@ -2,7 +2,8 @@
 //! Decisions come from `vmshift_core::plan`; this module gathers facts, records the job and
 //! writes its outcome. The copy and what follows it are in [`super::execute`].
 
-use super::check::{abs, check_with, plan_lines, Checked};
+use super::check::{check_with, plan_lines, Checked};
+use crate::files::{abs, partial_path};
 use crate::handle::{ExitCode, JobCtx};
 use crate::journal::{lock_job, open_journal, JournalLink, Watch};
 use crate::phases::{now_rfc3339, PhaseClock};
@@ -10,7 +11,7 @@ use crate::request::{IoMode, OfflineRequest};
 use crate::state::write_report;
 use crate::Result;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmshift_core::report::{ImageSide, JobError, Report};
@@ -73,13 +74,6 @@ pub fn source_facts(chain: &Chain, crash_consistent: bool) -> serde_json::Value 
         })
         .collect();
     serde_json::json!({"layers": layers, "crash_consistent": crash_consistent})
-}
-
-/// `NAME.vmshift-partial` beside the final target.
-pub fn partial_path(target: &Path) -> PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(".vmshift-partial");
-    target.with_file_name(name)
 }
 
 /// Records a new job whose check passed (status `running`) and takes its locks.
@@ -326,9 +320,4 @@ fn finish(
     em.say(format!("report: {}", path.display()));
     em.report(report, &path);
     Ok(())
-}
-
-/// The allocated bytes of a file (`st_blocks` × 512), 0 when it cannot be read.
-pub fn allocated_bytes(p: &Path) -> u64 {
-    std::fs::metadata(p).map_or(0, |m| m.blocks() * 512)
 }

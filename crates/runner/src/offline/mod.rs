@@ -9,5 +9,6 @@ pub mod job;
 pub mod resume;
 pub mod verify;
 
+pub use crate::files::partial_path;
 pub use check::{plan_lines, Checked};
-pub use job::{copy_chunk, partial_path, BUFFERED_CHUNK, CHUNK};
+pub use job::{copy_chunk, BUFFERED_CHUNK, CHUNK};

@@ -1,5 +1,5 @@
-//! `vmshift resume JOB`: continues an interrupted or failed job (live jobs: see
-//! `crate::live::resume_live`). An offline job continues from its last
+//! `vmshift resume JOB` of an offline job.
+//! It continues from its last
 //! checkpoint. Before reusing anything it proves that the source is the one the job began
 //! with (every layer's size and mtime, QEMU lock state through the check phase, and a digest
 //! sample of journaled chunks) and that the partial target is the one the job wrote (the
@@ -8,7 +8,7 @@
 use super::check::layer_format;
 use super::job::{run_job, source_facts, Resuming, CHUNK};
 use crate::handle::{ExitCode, JobCtx};
-use crate::journal::{lock_job, open_journal, running_pid, shown_status, JournalLink};
+use crate::journal::{lock_job, JournalLink};
 use crate::request::{IoMode, OfflineRequest};
 use crate::{Result, RunnerError};
 use std::io::Read;
@@ -91,41 +91,16 @@ fn repair_qcow2_leaks(path: &Path) -> bool {
         .is_ok_and(|s| s.code() == Some(0))
 }
 
-/// `vmshift resume JOB [--report FILE] [--json]`.
+/// `vmshift resume JOB` of an offline job (the caller has checked that it may be resumed).
 ///
 /// # Errors
 /// A journal error (named); refusals print one line and return 2.
-pub(crate) fn run_resume(ctx: &JobCtx, id: &str, report: Option<PathBuf>) -> Result<ExitCode> {
-    let j = open_journal()?;
-    let job = j.job(id)?;
-    if let Some(pid) = running_pid(&job.id) {
-        return refuse(
-            ctx,
-            format!(
-                "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
-                job.id, job.id
-            ),
-        );
-    }
-    if !matches!(job.status.as_str(), "running" | "failed" | "cancelled") {
-        return refuse(
-            ctx,
-            format!(
-                "job {} is {}: only interrupted, failed or cancelled jobs can be resumed",
-                job.id,
-                shown_status(&job)
-            ),
-        );
-    }
-    if job.kind == "live" {
-        return crate::live::resume::resume_live(ctx, j, job, report);
-    }
-    if job.kind != "offline" {
-        return refuse(
-            ctx,
-            format!("job {} has an unknown kind {:?}", job.id, job.kind),
-        );
-    }
+pub(crate) fn run_resume(
+    ctx: &JobCtx,
+    j: vmshift_journal::Journal,
+    job: vmshift_journal::JobRecord,
+    report: Option<PathBuf>,
+) -> Result<ExitCode> {
     let locks = match lock_job(&job.id, Path::new(&job.destination)) {
         Ok(l) => l,
         Err(e) => return refuse(ctx, e.to_string()),
