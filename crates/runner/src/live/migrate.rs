@@ -180,32 +180,9 @@ pub(crate) fn run_migrate_with(
             for l in plan_lines(&plan) {
                 em.say(l);
             }
-            let link = if let Some(c) = cont.take() {
-                let planned: Vec<PathBuf> = plan.disks.iter().map(|d| d.target.clone()).collect();
-                if planned != c.targets {
-                    let msg = format!(
-                        "the VM's disks now map to the targets {planned:?}, the job recorded {:?}: start a new migration",
-                        c.targets
-                    );
-                    c.link.note(|j, id| j.set_status(id, "failed", Some(&msg)));
-                    em.say(format!("vmshift: resume refused: {msg}"));
-                    return Ok((2, job_id));
-                }
-                _locks = c.locks;
-                Some(c.link)
-            } else if !a.no_journal {
-                match journal_start(&job_id, &plan, a, &extra_options) {
-                    Ok((link, locks)) => {
-                        _locks = locks;
-                        Some(link)
-                    }
-                    Err(e) => {
-                        em.say(format!("vmshift: refused: {e}"));
-                        return Ok((2, job_id));
-                    }
-                }
-            } else {
-                None
+            let link = match record(ctx, a, &plan, cont.take(), &extra_options, &mut _locks) {
+                Ok(link) => link,
+                Err(code) => return Ok((code, job_id)),
             };
             if let Some(l) = &link {
                 l.note(|j, id| j.phase_started(id, l.run, Phase::Check.as_str()));
@@ -387,5 +364,44 @@ fn summarize(ctx: &JobCtx, report: &Report) {
                 em.say(format!("vmshift: next start: {r}"));
             }
         }
+    }
+}
+
+/// The job's journal link: the continued job's (its targets must be the plan's), a new
+/// job recorded with its locks, or none with `--no-journal`. `Err(2)` after a refusal.
+fn record(
+    ctx: &JobCtx,
+    a: &LiveRequest,
+    plan: &LivePlan,
+    cont: Option<Continue>,
+    extra: &serde_json::Value,
+    locks: &mut Vec<vmshift_journal::FileLock>,
+) -> std::result::Result<Option<JournalLink>, ExitCode> {
+    if let Some(c) = cont {
+        let planned: Vec<PathBuf> = plan.disks.iter().map(|d| d.target.clone()).collect();
+        if planned != c.targets {
+            let msg = format!(
+                "the VM's disks now map to the targets {planned:?}, the job recorded {:?}: start a new migration",
+                c.targets
+            );
+            c.link.note(|j, id| j.set_status(id, "failed", Some(&msg)));
+            ctx.em.say(format!("vmshift: resume refused: {msg}"));
+            return Err(2);
+        }
+        *locks = c.locks;
+        Ok(Some(c.link))
+    } else if !a.no_journal {
+        match journal_start(&ctx.job_id, plan, a, extra) {
+            Ok((link, l)) => {
+                *locks = l;
+                Ok(Some(link))
+            }
+            Err(e) => {
+                ctx.em.say(format!("vmshift: refused: {e}"));
+                Err(2)
+            }
+        }
+    } else {
+        Ok(None)
     }
 }

@@ -79,43 +79,8 @@ pub(crate) fn rollback_live(
         Err(m) => return refuse(ctx, "rollback", &format!("{m}; nothing was changed")),
     }
     let mut notes = vec![format!("rollback of live job {}", job.id)];
-    for d in &disks {
-        if !Path::new(&d.source).exists() {
-            notes.push(format!(
-                "rollback: {} was deleted after the move (--delete-source); the whole disk was mirrored back",
-                d.source
-            ));
-            continue;
-        }
-        // The old source is stale: the guest has written to the target since the pivot.
-        if !vmshift_qmp::leftovers::detach_file(&mut qmp, &d.source)? {
-            return refuse(
-                ctx,
-                "rollback",
-                &format!(
-                    "QEMU still holds the old source {}; nothing was changed",
-                    d.source
-                ),
-            );
-        }
-        if let Ok(vmshift_core::plan::LockState::Held { pids, .. }) =
-            vmshift_image::lock::probe(Path::new(&d.source))
-        {
-            return refuse(
-                ctx,
-                "rollback",
-                &format!(
-                    "the old source {} is in use by processes {pids:?}; nothing was changed",
-                    d.source
-                ),
-            );
-        }
-        std::fs::remove_file(&d.source)
-            .io_context(|| format!("cannot remove the stale source {}", d.source))?;
-        notes.push(format!(
-            "rollback: removed the stale old source {} before mirroring back: it stopped receiving guest writes at the pivot, so it cannot seed the copy (no dirty bitmap spans the time since), and the mirror needs its name and space",
-            d.source
-        ));
+    if let Some(code) = remove_stale_sources(ctx, &mut qmp, &disks, &mut notes)? {
+        return Ok(code);
     }
     drop(qmp);
     let mut back = LiveRequest {
@@ -190,4 +155,55 @@ pub(crate) fn rollback_live(
                "references": references}),
     });
     Ok(0)
+}
+
+/// Detaches and deletes each disk's old source (stale since the pivot: the guest wrote to
+/// the target). `Ok(Some(2))` after a refusal, with nothing changed for that disk.
+fn remove_stale_sources(
+    ctx: &JobCtx,
+    qmp: &mut vmshift_qmp::Qmp,
+    disks: &[super::recorded::JobDisk],
+    notes: &mut Vec<String>,
+) -> Result<Option<ExitCode>> {
+    for d in disks {
+        if !Path::new(&d.source).exists() {
+            notes.push(format!(
+                "rollback: {} was deleted after the move (--delete-source); the whole disk was mirrored back",
+                d.source
+            ));
+            continue;
+        }
+        // The old source is stale: the guest has written to the target since the pivot.
+        if !vmshift_qmp::leftovers::detach_file(qmp, &d.source)? {
+            return refuse(
+                ctx,
+                "rollback",
+                &format!(
+                    "QEMU still holds the old source {}; nothing was changed",
+                    d.source
+                ),
+            )
+            .map(Some);
+        }
+        if let Ok(vmshift_core::plan::LockState::Held { pids, .. }) =
+            vmshift_image::lock::probe(Path::new(&d.source))
+        {
+            return refuse(
+                ctx,
+                "rollback",
+                &format!(
+                    "the old source {} is in use by processes {pids:?}; nothing was changed",
+                    d.source
+                ),
+            )
+            .map(Some);
+        }
+        std::fs::remove_file(&d.source)
+            .io_context(|| format!("cannot remove the stale source {}", d.source))?;
+        notes.push(format!(
+            "rollback: removed the stale old source {} before mirroring back: it stopped receiving guest writes at the pivot, so it cannot seed the copy (no dirty bitmap spans the time since), and the mirror needs its name and space",
+            d.source
+        ));
+    }
+    Ok(None)
 }
