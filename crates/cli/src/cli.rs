@@ -22,6 +22,29 @@ pub enum FormatArg {
     Qcow2,
 }
 
+/// A property of the source the copy may drop (`--drop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropArg {
+    /// qcow2 internal snapshots.
+    Snapshots,
+    /// qcow2 persistent dirty bitmaps.
+    Bitmaps,
+    /// Compressed clusters are written uncompressed.
+    Compression,
+}
+
+impl DropArg {
+    /// The core's name for it.
+    pub fn property(self) -> vmshift_core::fidelity::Property {
+        match self {
+            DropArg::Snapshots => vmshift_core::fidelity::Property::Snapshots,
+            DropArg::Bitmaps => vmshift_core::fidelity::Property::Bitmaps,
+            DropArg::Compression => vmshift_core::fidelity::Property::Compression,
+        }
+    }
+}
+
 /// How an offline copy does its I/O.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
@@ -189,6 +212,12 @@ pub struct MigrateArgs {
     /// Copy an image a running VM holds (crash-consistent copy).
     #[arg(long)]
     pub force_share: bool,
+    /// Copy although the target cannot keep these properties of the source (comma list:
+    /// snapshots, bitmaps, compression); each dropped one is a warning in the report.
+    /// Without it, such a source is refused.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    #[serde(default)]
+    pub drop: Vec<DropArg>,
     /// Worker threads for the copy (default: twice the CPUs, 8 to 16: the copy is I/O-bound).
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,

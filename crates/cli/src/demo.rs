@@ -104,6 +104,7 @@ pub fn run_demo(json: bool, cancel: Arc<AtomicBool>) -> Result<i32> {
         delete_source: false,
         overwrite: false,
         force_share: false,
+        drop: Vec::new(),
         threads: None,
         io: Default::default(),
         verify: Default::default(),

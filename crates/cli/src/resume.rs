@@ -185,6 +185,7 @@ pub fn run_resume(
             &ChainOptions {
                 top_format: args.source_format.map(layer_format),
                 backing_format: args.backing_format.map(layer_format),
+                ..Default::default()
             },
         )
         .map_err(|e| anyhow!("{e}"))?;
@@ -249,6 +250,7 @@ pub fn run_resume(
         &ChainOptions {
             top_format: args.source_format.map(layer_format),
             backing_format: args.backing_format.map(layer_format),
+            ..Default::default()
         },
     ) {
         let crash = job.facts["crash_consistent"].as_bool().unwrap_or(false);
@@ -288,6 +290,7 @@ fn finish_renamed(
     let opts = |f: Option<FormatArg>| ChainOptions {
         top_format: f.map(layer_format),
         backing_format: args.backing_format.map(layer_format),
+        ..Default::default()
     };
     let chain =
         resolve_chain(&args.source, &opts(args.source_format)).map_err(|e| anyhow!("{e}"))?;

@@ -18,8 +18,8 @@ pub struct ImageSide {
     pub virtual_size: u64,
     /// Bytes the file occupies on its filesystem (`st_blocks * 512`).
     pub allocated_bytes: u64,
-    /// Backing files this image refers to, top first (empty when flat).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Backing files this image refers to, top first (empty when flat; always present).
+    #[serde(default)]
     pub backing_chain: Vec<String>,
 }
 
