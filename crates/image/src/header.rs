@@ -438,6 +438,28 @@ mod tests {
     }
 
     #[test]
+    fn bitmap_directory_names_in_use_bitmaps() {
+        // Two entries: "b0" clean, "stale" in use; 24-byte fixed part, name, pad to 8.
+        let mut d = Vec::new();
+        for (name, flags) in [("b0", 2u32), ("stale", 3u32)] {
+            let mut e = vec![0u8; 24];
+            e[12..16].copy_from_slice(&flags.to_be_bytes());
+            e[18..20].copy_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+            e.extend_from_slice(name.as_bytes());
+            e.resize(e.len().next_multiple_of(8), 0);
+            d.extend(e);
+        }
+        assert_eq!(
+            parse_bitmap_directory(&d, 2).unwrap(),
+            vec![("b0".to_string(), false), ("stale".to_string(), true)]
+        );
+        assert!(matches!(
+            parse_bitmap_directory(&d[..30], 2),
+            Err(HeaderError::Truncated(_))
+        ));
+    }
+
+    #[test]
     fn detects_formats_by_magic_only() {
         assert_eq!(detect_format(&v3_header()), DetectedFormat::Qcow2);
         assert_eq!(
