@@ -13,7 +13,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-pub use vmshift_runner::{CopyMode, ImageFormat as FormatArg, IoMode, VerifyMode};
+pub use vmshift_runner::{CopyMode, DropProperty, ImageFormat as FormatArg, IoMode, VerifyMode};
 
 /// Options only the live path uses (flattened into `check`/`migrate`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -179,6 +179,11 @@ pub struct MigrateArgs {
     /// Copy an image a running VM holds (crash-consistent copy).
     #[arg(long)]
     pub force_share: bool,
+    /// Copy although the target cannot keep these properties of the source (comma list:
+    /// snapshots, bitmaps, compression); each dropped one is a warning in the report.
+    /// Without it, such a source is refused.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub drop: Vec<DropProperty>,
     /// Worker threads for the copy (default: twice the CPUs, 8 to 16: the copy is I/O-bound).
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
@@ -247,6 +252,7 @@ impl MigrateArgs {
                 delete_source: self.delete_source,
                 overwrite: self.overwrite,
                 force_share: self.force_share,
+                drop: self.drop.clone(),
                 threads: self.threads,
                 io: self.io,
                 report: self.report.clone(),

@@ -26,6 +26,7 @@ pub fn run(
             chain: ChainOptions {
                 top_format: source_format.map(lf),
                 backing_format: backing_format.map(lf),
+                ..Default::default()
             },
             walk_extents: true,
         },

@@ -181,14 +181,34 @@ fn c12_compressed_image_space_check_uses_the_uncompressed_need() {
     let case = ws.case("c12");
     let src = case.join("compressed.qcow2");
     for fmt in ["qcow2", "raw"] {
-        let (code, r, out) = ws.migrate(&src, &ws.mkdir(fmt), &["--format", fmt]);
+        let (code, _, out) = ws.migrate(&src, &ws.mkdir(fmt), &["--format", fmt]);
+        assert_eq!(code, 2, "compression is lost only with --drop compression");
+        assert!(
+            stderr(&out).contains("128 compressed cluster(s)"),
+            "{}",
+            stderr(&out)
+        );
+        let (code, r, out) = ws.migrate(
+            &src,
+            &ws.mkdir(fmt),
+            &["--format", fmt, "--drop", "compression"],
+        );
         assert_eq!(code, 0, "{}", stderr(&out));
         assert!(identical(&src, &target_of(&r)));
         assert!(r["notes"].to_string().contains("compression is not kept"));
+        assert!(r["warnings"].to_string().contains("--drop compression"));
     }
     let out = ws
         .vmshift()
-        .args(["check", p(&src), "--to", p(&ws.mkdir("chk")), "--json"])
+        .args([
+            "check",
+            p(&src),
+            "--to",
+            p(&ws.mkdir("chk")),
+            "--json",
+            "--drop",
+            "compression",
+        ])
         .output()
         .unwrap();
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -196,7 +216,7 @@ fn c12_compressed_image_space_check_uses_the_uncompressed_need() {
     if is_root() {
         let small = ws.path("small");
         let _m = Tmpfs::mount(&small, "2m");
-        let (code, _, out) = ws.migrate(&src, &small, &[]);
+        let (code, _, out) = ws.migrate(&src, &small, &["--drop", "compression"]);
         assert_eq!(code, 2);
         assert!(
             stderr(&out).contains("need 8716288 bytes"),

@@ -355,3 +355,48 @@ fn a_killed_direct_io_job_resumes_without_filling_the_page_cache() {
     assert!(t < 4 * M && s < 4 * M, "cached: target {t}, source {s}");
     assert_same_image(&src, &target);
 }
+
+#[test]
+fn resume_repairs_a_journaled_chunk_altered_outside_the_sample_instead_of_failing() {
+    let ws = Ws::new();
+    let src = dense_source(&ws);
+    let dst = ws.mkdir("dst");
+    let (id, _) = killed_at(&ws, &src, &dst, &[], "checkpoint:2");
+    let mut chunks = journal(&ws).chunks(&id).unwrap();
+    chunks.sort_by_key(|c| c.index);
+    let recorded: u64 = chunks.iter().map(|c| c.len).sum();
+    // resume's sample: the first, the last and six spread between (resume::sample).
+    let last = chunks.len() - 1;
+    let sampled: HashSet<usize> = (0..8).map(|i| i * last / 7).collect();
+    let victim = (0..chunks.len())
+        .find(|i| !sampled.contains(i))
+        .expect("a journaled chunk outside the sample");
+    let victim = &chunks[victim];
+    // A stale region inside that chunk of the partial target.
+    let partial = dst.join("d.raw.vmshift-partial");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap();
+    f.write_all_at(&[0xee; 4096], victim.offset + 8192).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let (code, r, out) = resume(&ws, &id);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    assert_eq!(r["verification"]["result"], "match");
+    assert_eq!(r["repaired_chunks"], serde_json::json!([victim.offset]));
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains(&format!("{:#x}", victim.offset)),
+        "{}",
+        r["warnings"]
+    );
+    // This run's copy plus exactly the repaired chunk, not everything again.
+    assert_eq!(
+        r["bytes_copied"].as_u64().unwrap(),
+        160 * M - recorded + victim.len
+    );
+    assert_same_image(&src, &dst.join("d.raw"));
+}

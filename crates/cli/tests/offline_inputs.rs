@@ -109,7 +109,7 @@ fn zero_clusters_stay_zero_and_unallocated_data_is_not_inflated() {
 }
 
 #[test]
-fn zlib_compressed_clusters_are_copied_and_the_report_says_compression_is_not_kept() {
+fn zlib_compressed_clusters_are_copied_with_drop_compression_and_the_report_warns() {
     let ws = Ws::new();
     let raw = ws.path("plain.raw");
     let text: Vec<u8> = (0..320_000)
@@ -128,9 +128,15 @@ fn zlib_compressed_clusters_are_copied_and_the_report_says_compression_is_not_ke
         p(&raw),
         p(&src),
     ]);
-    let (dst, r) = migrate_ok(&ws, &src, &[]);
+    let (code, _, _) = ws.migrate(&src, &ws.mkdir("refused"), &[]);
+    assert_eq!(
+        code, 2,
+        "compression is dropped only with --drop compression"
+    );
+    let (dst, r) = migrate_ok(&ws, &src, &["--drop", "compression"]);
     assert_same_image(&src, &dst);
     assert!(r["notes"].to_string().contains("compression is not kept"));
+    assert!(r["warnings"].to_string().contains("compressed cluster(s)"));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! - [`engine`]: parallel workers that read, skip zeroes, write, throttle and hash.
 //! - [`digest`]: the content digest that proves source and target hold the same guest view.
 //! - [`readback`]: verification during the copy (chunks read back from the target).
+//! - [`repair`]: a resumed copy's journaled chunks that no longer match, copied again.
 //! - [`zero`]: zero detection.
 //! - [`io`]: aligned buffers, `O_DIRECT` source reads, dropping source pages once read.
 //! - [`throttle`]: the bandwidth limit, fixed or following a [`vmshift_core::RateLimit`].
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod io;
 pub mod plan;
 pub mod readback;
+pub mod repair;
 pub mod throttle;
 pub mod writeback;
 pub mod zero;

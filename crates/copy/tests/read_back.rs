@@ -162,7 +162,8 @@ fn a_mapping_that_differs_on_disk_falls_back_to_a_full_re_read() {
     );
 
     // And when the content on disk differs too, inside a chunk that was read back (so only
-    // the full re-read can see it), it shows.
+    // the full re-read can see it), it shows. (Targets are created new, never over a file.)
+    std::fs::remove_file(&path).unwrap();
     let (path, rb) = copy_with_read_back(dir.path(), &src, LayerFormat::Qcow2);
     let other = relayout(&src_path, &dir.path().join("other2.qcow2"));
     run(&[

@@ -126,6 +126,7 @@ fn qcow2_target_full_of_old_data_ends_identical() {
         &ChainOptions {
             top_format: Some(LayerFormat::Qcow2),
             backing_format: None,
+            ..Default::default()
         },
     )
     .unwrap();

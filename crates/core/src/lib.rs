@@ -8,6 +8,7 @@
 
 pub mod capacity;
 pub mod extent;
+pub mod fidelity;
 pub mod job;
 pub mod plan;
 pub mod rate;

@@ -74,6 +74,9 @@ pub struct SourceFacts {
     pub notes: Vec<String>,
     /// Lock state of the top image.
     pub lock: LockState,
+    /// What the source has that a copy may lose (snapshots, bitmaps, compression).
+    #[serde(default)]
+    pub fidelity: crate::fidelity::FidelityFacts,
 }
 
 /// Facts about the destination, gathered by the CLI/runner.
@@ -99,6 +102,10 @@ pub struct DestFacts {
     /// Bytes the partial target of a resumed job already holds there: counted as free,
     /// since the resume writes into it.
     pub resumed_partial_bytes: u64,
+    /// The target path is a block device: `free_bytes` is its size, and `--overwrite` does
+    /// not apply (device targets are refused elsewhere).
+    #[serde(default)]
+    pub target_is_device: bool,
 }
 
 /// What the operator asked for.
@@ -170,6 +177,9 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Facts the operator should know (rounding, compression dropped, …).
     pub notes: Vec<String>,
+    /// What the job loses because the operator said so (`--drop`), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Plan {
@@ -310,7 +320,7 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
             ),
             "choose another destination",
         ));
-    } else if dst.target_exists && !opts.overwrite {
+    } else if dst.target_exists && !opts.overwrite && !dst.target_is_device {
         problems.push(Problem::new(
             "target_exists",
             format!("target {} already exists", dst.target_path),
@@ -342,14 +352,23 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         problems.push(Problem::new(
             "no_space",
             format!(
-                "not enough space at the destination of {}: need {} bytes ({}), {} bytes ({}) free{counted}",
+                "not enough space at the destination of {}: need {} bytes ({}), {} bytes ({}) {}{counted}",
                 dst.target_path,
                 target_bytes,
                 format_bytes(target_bytes),
                 free_bytes,
-                format_bytes(free_bytes)
+                format_bytes(free_bytes),
+                if dst.target_is_device {
+                    "on the device"
+                } else {
+                    "free"
+                }
             ),
-            "free space or choose another datastore",
+            if dst.target_is_device {
+                "the device is smaller than the image: choose a larger device or a file on a filesystem"
+            } else {
+                "free space or choose another datastore"
+            },
         ));
     }
 
@@ -365,6 +384,7 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         crash_consistent,
         problems,
         notes,
+        warnings: Vec::new(),
     }
 }
 
@@ -471,6 +491,21 @@ mod tests {
         let mut o = opts();
         o.overwrite = true;
         assert!(decide(&src(), &d, &o).go());
+    }
+
+    #[test]
+    fn a_device_target_is_measured_by_its_size_and_never_told_to_overwrite() {
+        let mut d = dst();
+        d.target_exists = true;
+        d.target_is_device = true;
+        d.free_bytes = 4 << 20;
+        let p = decide(&src(), &d, &opts());
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert_eq!(p.problems[0].code, "no_space");
+        assert!(p.problems[0]
+            .message
+            .contains("4194304 bytes (4.0 MiB) on the device"));
+        assert!(!p.problems[0].one_line().contains("--overwrite"));
     }
 
     #[test]

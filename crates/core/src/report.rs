@@ -18,8 +18,8 @@ pub struct ImageSide {
     pub virtual_size: u64,
     /// Bytes the file occupies on its filesystem (`st_blocks * 512`).
     pub allocated_bytes: u64,
-    /// Backing files this image refers to, top first (empty when flat).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Backing files this image refers to, top first (empty when flat; always present).
+    #[serde(default)]
     pub backing_chain: Vec<String>,
 }
 
@@ -122,6 +122,9 @@ pub struct Report {
     /// Bytes reused from an earlier interrupted run (resume).
     #[serde(default)]
     pub bytes_reused: u64,
+    /// Guest offsets of journaled chunks a resume found altered and copied again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired_chunks: Vec<u64>,
     /// Copy throughput: guest bytes processed per second of copy phase.
     pub throughput_bytes_per_sec: u64,
     /// Verification outcome.
@@ -182,6 +185,7 @@ impl Report {
             bytes_copied: 0,
             bytes_skipped_zero: 0,
             bytes_reused: 0,
+            repaired_chunks: Vec::new(),
             throughput_bytes_per_sec: 0,
             verification: Verification {
                 algorithm: String::new(),

@@ -85,12 +85,26 @@ impl Chain {
 }
 
 /// How to treat formats while resolving.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ChainOptions {
     /// Format of the top image as the operator stated it (`None`: read the header).
     pub top_format: Option<LayerFormat>,
     /// Format to use for backing files whose parent recorded none.
     pub backing_format: Option<LayerFormat>,
+    /// Follow the backing names recorded in the images (through
+    /// [`crate::gate::check_backing_file`]); `false` resolves the top image only (a target
+    /// whose backing layers the caller already resolved).
+    pub follow_backing: bool,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions {
+            top_format: None,
+            backing_format: None,
+            follow_backing: true,
+        }
+    }
 }
 
 /// Resolves the chain below `top`.
@@ -115,7 +129,9 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
         Some(f) => f,
         None => {
             let head = read_head(&path)?;
-            match detect_format(&head) {
+            let detected = detect_format(&head);
+            crate::gate::check_name_agrees(&path, detected)?;
+            match detected {
                 DetectedFormat::Qcow2 => LayerFormat::Qcow2,
                 DetectedFormat::Raw => LayerFormat::Raw,
                 DetectedFormat::Other(name) => {
@@ -202,7 +218,13 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
             allocated_bytes: meta.blocks() * 512,
         });
         let Some((name, fmt)) = next else { break };
+        if !opts.follow_backing {
+            break;
+        }
         check_backing_name(&path, &name)?;
+        // A format the operator stated (--backing-format) is never checked against the
+        // header; one the image recorded must match the backing file's own header.
+        let stated = fmt.is_none();
         format = match fmt.as_deref() {
             Some(f) => LayerFormat::from_name(f).ok_or_else(|| {
                 ImageError::new(
@@ -222,11 +244,13 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
             })?,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        path = if Path::new(&name).is_absolute() {
+        let next_path = if Path::new(&name).is_absolute() {
             PathBuf::from(&name)
         } else {
             dir.join(&name)
         };
+        crate::gate::check_backing_file(&path, &next_path, format, stated)?;
+        path = next_path;
         recorded = Some(name);
     }
     Ok(Chain { layers })

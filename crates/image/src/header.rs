@@ -115,6 +115,52 @@ pub struct Qcow2Header {
     pub compression_type: u8,
     /// External data file name, when recorded.
     pub data_file: Option<String>,
+    /// The bitmaps extension, when present.
+    pub bitmaps: Option<BitmapsExtension>,
+}
+
+/// The qcow2 bitmaps header extension: where the bitmap directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BitmapsExtension {
+    /// Bitmaps in the directory.
+    pub nb_bitmaps: u32,
+    /// Directory size in bytes.
+    pub directory_size: u64,
+    /// Host offset of the directory.
+    pub directory_offset: u64,
+}
+
+/// Largest bitmap directory read (QEMU's limit is 64 MiB; real ones are a few KiB).
+pub const MAX_BITMAP_DIRECTORY: u64 = 1 << 20;
+
+/// qcow2 bitmap directory entry flag: the bitmap was not saved cleanly (inconsistent).
+pub const BITMAP_IN_USE: u32 = 1 << 0;
+
+/// Parses a bitmap directory (`buf` holds `nb` entries as qcow2.txt lays them out) into
+/// (name, in_use) pairs.
+///
+/// # Errors
+/// [`HeaderError::Truncated`] (offsets relative to the directory) when an entry runs past
+/// the buffer. Never panics.
+pub fn parse_bitmap_directory(buf: &[u8], nb: u32) -> Result<Vec<(String, bool)>, HeaderError> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    for _ in 0..nb {
+        let t = |o: usize| HeaderError::Truncated(o as u64);
+        let flags = be32(buf, off + 12).ok_or(t(off + 12))?;
+        let name_size = usize::from(u16::from_be_bytes(
+            buf.get(off + 18..off + 20)
+                .ok_or(t(off + 18))?
+                .try_into()
+                .map_err(|_| t(off + 18))?,
+        ));
+        let extra = be32(buf, off + 20).ok_or(t(off + 20))? as usize;
+        let name_at = off + 24 + extra;
+        let name = string_at(buf, name_at as u64, name_size as u64)?;
+        out.push((name, flags & BITMAP_IN_USE != 0));
+        off = (name_at + name_size).next_multiple_of(8);
+    }
+    Ok(out)
 }
 
 /// Why a qcow2 header could not be parsed. Offsets are byte offsets in the file.
@@ -228,6 +274,13 @@ impl Qcow2Header {
             match kind {
                 0xE279_2ACA => h.backing_format = Some(string_at(buf, data as u64, len as u64)?),
                 0x4441_5441 => h.data_file = Some(string_at(buf, data as u64, len as u64)?),
+                0x2385_2875 if len >= 24 => {
+                    h.bitmaps = Some(BitmapsExtension {
+                        nb_bitmaps: u32_at(data)?,
+                        directory_size: u64_at(data + 8)?,
+                        directory_offset: u64_at(data + 16)?,
+                    });
+                }
                 _ => {}
             }
             off = next;
@@ -385,6 +438,28 @@ mod tests {
     }
 
     #[test]
+    fn bitmap_directory_names_in_use_bitmaps() {
+        // Two entries: "b0" clean, "stale" in use; 24-byte fixed part, name, pad to 8.
+        let mut d = Vec::new();
+        for (name, flags) in [("b0", 2u32), ("stale", 3u32)] {
+            let mut e = vec![0u8; 24];
+            e[12..16].copy_from_slice(&flags.to_be_bytes());
+            e[18..20].copy_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+            e.extend_from_slice(name.as_bytes());
+            e.resize(e.len().next_multiple_of(8), 0);
+            d.extend(e);
+        }
+        assert_eq!(
+            parse_bitmap_directory(&d, 2).unwrap(),
+            vec![("b0".to_string(), false), ("stale".to_string(), true)]
+        );
+        assert!(matches!(
+            parse_bitmap_directory(&d[..30], 2),
+            Err(HeaderError::Truncated(_))
+        ));
+    }
+
+    #[test]
     fn detects_formats_by_magic_only() {
         assert_eq!(detect_format(&v3_header()), DetectedFormat::Qcow2);
         assert_eq!(
@@ -405,6 +480,7 @@ mod tests {
                 let _ = Qcow2Header::parse(&bytes);
             }
             let _ = detect_format(&bytes);
+            let _ = parse_bitmap_directory(&bytes, 4);
         }
     }
 }

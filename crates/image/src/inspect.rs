@@ -233,14 +233,14 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         if depth == 0 {
             facts.has_compressed_clusters = integrity.compressed_clusters > 0;
             info.compressed_clusters = integrity.compressed_clusters;
-            if h.nb_snapshots > 0 {
-                facts.notes.push(format!("{name} has {} internal snapshot(s); they are not copied (like qemu-img convert)", h.nb_snapshots));
-            }
-            if h.autoclear_features & crate::header::AUTOCLEAR_BITMAPS != 0 {
-                facts.notes.push(format!(
-                    "{name} has persistent dirty bitmaps; they are not copied"
-                ));
-            }
+            facts.fidelity = vmshift_core::fidelity::FidelityFacts {
+                path: name.to_string(),
+                snapshots: h.nb_snapshots,
+                has_bitmaps: h.autoclear_features & crate::header::AUTOCLEAR_BITMAPS != 0
+                    || h.bitmaps.is_some_and(|b| b.nb_bitmaps > 0),
+                bitmaps: read_bitmaps(&layer.path, h),
+                compressed_clusters: integrity.compressed_clusters,
+            };
         }
     }
 
@@ -304,6 +304,34 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         facts,
         info,
     }
+}
+
+/// The persistent bitmaps of a qcow2 image, from its bitmap directory (empty when it has
+/// none or the directory cannot be read: the header's flag still says they exist).
+fn read_bitmaps(
+    path: &Path,
+    h: &crate::header::Qcow2Header,
+) -> Vec<vmshift_core::fidelity::BitmapFact> {
+    use std::os::unix::fs::FileExt;
+    let Some(ext) = h.bitmaps.filter(|b| b.nb_bitmaps > 0) else {
+        return Vec::new();
+    };
+    let Ok(len) = usize::try_from(ext.directory_size.min(crate::header::MAX_BITMAP_DIRECTORY))
+    else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; len];
+    let Ok(f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    if f.read_exact_at(&mut buf, ext.directory_offset).is_err() {
+        return Vec::new();
+    }
+    crate::header::parse_bitmap_directory(&buf, ext.nb_bitmaps)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, in_use)| vmshift_core::fidelity::BitmapFact { name, in_use })
+        .collect()
 }
 
 /// A file whose every byte is allocated (preallocated or dense): `qemu-img` calls it

@@ -3,8 +3,10 @@
 //! raw and qcow2 are read and written through imago (qcow2, chains) or directly (plain raw
 //! files); `qemu-img` is used for refcount checks and to create qcow2 targets.
 
+pub mod attrs;
 pub mod chain;
 pub mod error;
+pub mod gate;
 pub mod header;
 pub mod inspect;
 pub mod integrity;

@@ -58,6 +58,52 @@ pub fn check(path: &Path) -> Result<CheckCounts, String> {
     })
 }
 
+/// qcow2 properties a new target keeps from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qcow2Options {
+    /// 2 (`compat=0.10`) or 3 (`compat=1.1`).
+    pub version: u32,
+    /// Refcount width in bits (16 for v2).
+    pub refcount_bits: u32,
+    /// Lazy refcounts (v3 only).
+    pub lazy_refcounts: bool,
+}
+
+impl Default for Qcow2Options {
+    fn default() -> Self {
+        Qcow2Options {
+            version: 3,
+            refcount_bits: 16,
+            lazy_refcounts: false,
+        }
+    }
+}
+
+impl Qcow2Options {
+    /// The options of the image whose header is `h`.
+    pub fn from_header(h: &crate::header::Qcow2Header) -> Self {
+        Qcow2Options {
+            version: h.version,
+            refcount_bits: 1 << h.refcount_order.min(6),
+            lazy_refcounts: h.lazy_refcounts(),
+        }
+    }
+
+    /// The `-o` options for `qemu-img create`.
+    pub fn create_options(&self) -> String {
+        if self.version == 2 {
+            // compat=0.10 has 16-bit refcounts and no lazy refcounts by definition.
+            "compat=0.10".into()
+        } else {
+            format!(
+                "compat=1.1,refcount_bits={},lazy_refcounts={}",
+                self.refcount_bits,
+                if self.lazy_refcounts { "on" } else { "off" }
+            )
+        }
+    }
+}
+
 /// How to create a qcow2 target.
 #[derive(Debug, Clone)]
 pub struct Qcow2CreateSpec {
@@ -71,14 +117,22 @@ pub struct Qcow2CreateSpec {
     pub preallocate: bool,
     /// Backing reference to record: (name as written into the header, format).
     pub backing: Option<(String, String)>,
+    /// Compat level, refcount width and lazy refcounts.
+    pub options: Qcow2Options,
 }
 
-/// Creates a qcow2 v3 image with `qemu-img create`.
+/// Creates a qcow2 image with `qemu-img create` (compat level and refcount options from
+/// `spec.options`). The file may exist already (empty, created by the caller with the mode
+/// it wants); qemu-img keeps its mode.
 ///
 /// # Errors
 /// qemu-img's first error line.
 pub fn create_qcow2(spec: &Qcow2CreateSpec) -> Result<(), String> {
-    let mut opts = format!("cluster_size={},compat=1.1", spec.cluster_size);
+    let mut opts = format!(
+        "cluster_size={},{}",
+        spec.cluster_size,
+        spec.options.create_options()
+    );
     if spec.preallocate {
         opts.push_str(",preallocation=falloc");
     }
@@ -119,5 +173,23 @@ mod tests {
         assert!(j.starts_with("json:{"));
         assert!(j.contains("\\\"y.qcow2"));
         assert!(j.contains("\"backing\":null"));
+    }
+
+    #[test]
+    fn a_compat_0_10_source_gives_a_compat_0_10_target() {
+        let v2 = Qcow2Options {
+            version: 2,
+            ..Default::default()
+        };
+        assert_eq!(v2.create_options(), "compat=0.10");
+        let v3 = Qcow2Options {
+            version: 3,
+            refcount_bits: 64,
+            lazy_refcounts: true,
+        };
+        assert_eq!(
+            v3.create_options(),
+            "compat=1.1,refcount_bits=64,lazy_refcounts=on"
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! Target images: created fresh under a temporary name, written by the copy engine, synced.
 
 use crate::chain::{resolve_chain, Chain, ChainOptions, LayerFormat};
+pub use crate::qemu_img::Qcow2Options;
 use crate::qemu_img::{create_qcow2, Qcow2CreateSpec};
 use crate::reader::{open_chain_imago, ImageReader, ImagoImage};
 use crate::ImageError;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What to create.
@@ -28,6 +30,8 @@ pub struct TargetSpec {
     /// Write with `O_DIRECT` (bypassing the page cache) where the file system allows it;
     /// silently buffered where it does not.
     pub direct: bool,
+    /// qcow2 only: compat level, refcount width, lazy refcounts (kept from the source).
+    pub qcow2: Qcow2Options,
 }
 
 /// An open target.
@@ -52,7 +56,12 @@ pub enum TargetImage {
     },
 }
 
-/// Creates the target file (which must not exist) and opens it for writing.
+/// Mode of a target while it is written: readable by its owner only. It gets the source's
+/// mode, owner and group only after verification ([`crate::attrs::copy_attrs`]).
+pub const PARTIAL_MODE: u32 = 0o600;
+
+/// Creates the target file (which must not exist) with mode [`PARTIAL_MODE`] and opens it
+/// for writing.
 ///
 /// # Errors
 /// [`ImageError`] naming the target: creation refused, no space, qemu-img failure.
@@ -71,6 +80,7 @@ pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(PARTIAL_MODE)
                 .open(&spec.path)
                 .map_err(|e| fail(format!("cannot be created: {e}")))?;
             file.set_len(spec.virtual_size).map_err(|e| {
@@ -96,6 +106,13 @@ pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
             })
         }
         LayerFormat::Qcow2 => {
+            // Created here first so that qemu-img writes into a file only its owner reads.
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(PARTIAL_MODE)
+                .open(&spec.path)
+                .map_err(|e| fail(format!("cannot be created: {e}")))?;
             create_qcow2(&Qcow2CreateSpec {
                 path: spec.path.clone(),
                 virtual_size: spec.virtual_size,
@@ -105,8 +122,12 @@ pub fn create_target(spec: &TargetSpec) -> Result<TargetImage, ImageError> {
                     .backing
                     .as_ref()
                     .map(|(name, fmt, _)| (name.clone(), fmt.as_str().to_string())),
+                options: spec.qcow2,
             })
-            .map_err(fail)?;
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&spec.path);
+                fail(e)
+            })?;
             open_qcow2_target(
                 &spec.path,
                 spec.backing.as_ref().map(|(_, _, c)| c),
@@ -177,6 +198,7 @@ pub fn target_chain(
         &ChainOptions {
             top_format: Some(format),
             backing_format: None,
+            follow_backing: backing.is_none(),
         },
     )?;
     // A shallow target shares the source's backing layers: reuse that resolution.

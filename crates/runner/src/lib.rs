@@ -57,6 +57,7 @@ pub use error::{Result, RunnerError};
 pub use event::{DiskProgress, JobEvent, PhaseState, Progress};
 pub use handle::{ExitCode, JobControl, JobHandle, Outcome};
 pub use request::{
-    CopyMode, ImageFormat, IoMode, JobRequest, LiveRequest, OfflineRequest, VerifyMode,
+    CopyMode, DropProperty, ImageFormat, IoMode, JobRequest, LiveRequest, OfflineRequest,
+    VerifyMode,
 };
 pub use runner::{Plan, Runner};

@@ -43,6 +43,31 @@ pub enum IoMode {
     Direct,
 }
 
+/// A property of the source that an offline copy may drop when asked (`--drop`); without
+/// the request, a source that has it is refused by the check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum DropProperty {
+    /// qcow2 internal snapshots.
+    Snapshots,
+    /// qcow2 persistent dirty bitmaps.
+    Bitmaps,
+    /// Compressed clusters are written uncompressed.
+    Compression,
+}
+
+impl DropProperty {
+    /// The core's name for it.
+    pub fn property(self) -> vmshift_core::fidelity::Property {
+        match self {
+            DropProperty::Snapshots => vmshift_core::fidelity::Property::Snapshots,
+            DropProperty::Bitmaps => vmshift_core::fidelity::Property::Bitmaps,
+            DropProperty::Compression => vmshift_core::fidelity::Property::Compression,
+        }
+    }
+}
+
 /// When an offline copy's target is read back for verification.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -114,6 +139,10 @@ pub struct OfflineRequest {
     /// Copy an image a running VM holds (the report marks the copy crash-consistent).
     #[serde(default)]
     pub force_share: bool,
+    /// Properties of the source the copy may drop (each becomes a report warning); a
+    /// source with a property not listed here that the copy cannot keep is refused.
+    #[serde(default)]
+    pub drop: Vec<DropProperty>,
     /// Copy worker threads, 1–256; `None`: twice the CPUs, 8 to 16.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -148,6 +177,7 @@ impl OfflineRequest {
             delete_source: false,
             overwrite: false,
             force_share: false,
+            drop: Vec::new(),
             threads: None,
             io: IoMode::default(),
             report: None,

@@ -51,6 +51,7 @@ pub fn new_target(
         preallocate: false,
         backing: None,
         direct,
+        qcow2: Default::default(),
     })
     .unwrap()
 }

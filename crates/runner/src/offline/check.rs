@@ -13,6 +13,14 @@ use vmshift_core::report::ImageSide;
 use vmshift_image::chain::{Chain, ChainOptions, LayerFormat};
 use vmshift_image::{inspect, InspectOptions};
 
+/// The image layer format of a planned target format.
+pub fn layer_format_of(f: TargetFormat) -> LayerFormat {
+    match f {
+        TargetFormat::Raw => LayerFormat::Raw,
+        TargetFormat::Qcow2 => LayerFormat::Qcow2,
+    }
+}
+
 /// The image layer format of a request's format.
 pub fn layer_format(f: ImageFormat) -> LayerFormat {
     match f {
@@ -42,9 +50,10 @@ fn target_path_for(source: &Path, dest: &Path, format: Option<TargetFormat>) -> 
             .file_name()
             .map(PathBuf::from)
             .unwrap_or_else(|| "disk".into());
-        let renamed = match (name.extension().and_then(|e| e.to_str()), format) {
-            (Some("qcow2" | "qcow"), Some(TargetFormat::Raw)) => name.with_extension("raw"),
-            (Some("raw"), Some(TargetFormat::Qcow2)) => name.with_extension("qcow2"),
+        // The name never contradicts the format (vmshift_image::gate::format_of_name).
+        let renamed = match (vmshift_image::gate::format_of_name(&name), format) {
+            (Some(LayerFormat::Qcow2), Some(TargetFormat::Raw)) => name.with_extension("raw"),
+            (Some(LayerFormat::Raw), Some(TargetFormat::Qcow2)) => name.with_extension("qcow2"),
             _ => name,
         };
         dest.join(renamed)
@@ -72,10 +81,17 @@ fn gather_dest(target: &Path, chain: Option<&Chain>, virtual_size: u64, raw: boo
         }),
         _ => false,
     };
-    let free_bytes = rustix::fs::statvfs(&dir)
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(0);
-    let file_too_large = (raw && dir_writable).then(|| probe_file_too_large(&dir, virtual_size));
+    let device_size = existing
+        .as_ref()
+        .filter(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+        .map(|_| device_size(target));
+    let free_bytes = device_size.unwrap_or_else(|| {
+        rustix::fs::statvfs(&dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0)
+    });
+    let file_too_large = (raw && dir_writable && device_size.is_none())
+        .then(|| probe_file_too_large(&dir, virtual_size));
     DestFacts {
         target_path: target.display().to_string(),
         dir_exists,
@@ -84,9 +100,18 @@ fn gather_dest(target: &Path, chain: Option<&Chain>, virtual_size: u64, raw: boo
         target_is_source,
         free_bytes,
         file_too_large,
-        reclaimable_bytes: existing.map(|m| m.blocks() * 512).unwrap_or(0),
+        reclaimable_bytes: existing.as_ref().map_or(0, |m| m.blocks() * 512),
         resumed_partial_bytes: 0,
+        target_is_device: device_size.is_some(),
     }
+}
+
+/// Size of a block device in bytes (its end, found by seeking), 0 when it cannot be opened.
+fn device_size(path: &Path) -> u64 {
+    use std::io::Seek;
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+        .unwrap_or(0)
 }
 
 /// Tries to size a temporary file to `size` bytes: EFBIG means the filesystem cannot hold a
@@ -115,6 +140,7 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
             chain: ChainOptions {
                 top_format: args.source_format.map(layer_format),
                 backing_format: args.backing_format.map(layer_format),
+                ..Default::default()
             },
             walk_extents: true,
         },
@@ -131,7 +157,11 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
     } else {
         TargetFormat::Raw
     };
-    let target_path = target_path_for(&args.source, &args.to, requested);
+    let target_path = target_path_for(
+        &args.source,
+        &args.to,
+        Some(requested.unwrap_or(src_format)),
+    );
     let raw_target = requested.unwrap_or(src_format) == TargetFormat::Raw;
     let mut dest = gather_dest(
         &target_path,
@@ -150,6 +180,15 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
             force_share: args.force_share,
         },
     );
+    if let Err(e) =
+        vmshift_image::gate::check_target_name(&target_path, layer_format_of(plan.target_format))
+    {
+        plan.problems.push(e.to_problem());
+    }
+    let dropped: Vec<_> = args.drop.iter().map(|d| d.property()).collect();
+    let (lost, dropped) = vmshift_core::fidelity::assess(&inspection.facts.fidelity, &dropped);
+    plan.problems.extend(lost);
+    plan.warnings.extend(dropped);
     if args.delete_source && args.no_verify {
         plan.problems.push(vmshift_core::plan::Problem::new(
             "delete_unverified",
@@ -237,6 +276,9 @@ pub fn plan_lines(c: &Checked) -> Vec<String> {
     ));
     for n in &p.notes {
         say(format!("note: {n}"));
+    }
+    for w in &p.warnings {
+        say(format!("warning: {w}"));
     }
     for pr in &p.problems {
         say(format!("refused: {}", pr.one_line()));

@@ -61,6 +61,8 @@ pub(crate) struct Copied<'a> {
     pub guard: PartialGuard,
     /// The copy's result.
     pub stats: CopyStats,
+    /// The source's block status.
+    pub extents: Vec<vmshift_core::Extent>,
     /// Chunks read back while copying, when verifying during the copy.
     pub read_back: Option<ReadBack>,
     /// Shared byte counters (progress).
@@ -101,6 +103,11 @@ impl Run<'_> {
                 changed.display()
             ));
         }
+        // Verified: now the target may have the source's mode, owner, group and xattrs.
+        report.warnings.extend(vmshift_image::attrs::copy_attrs(
+            &chain.top().path,
+            &copied.spec.path,
+        ));
         super::cutover::finish(self, clock, copied, report)
     }
 
@@ -265,6 +272,7 @@ impl Run<'_> {
             spec,
             guard,
             stats,
+            extents,
             read_back,
             counters,
             threads,
@@ -333,6 +341,10 @@ impl Run<'_> {
             preallocate: plan.preallocate,
             backing,
             direct: self.args.io == IoMode::Direct,
+            qcow2: chain.top().header.as_ref().map_or_else(
+                vmshift_image::target::Qcow2Options::default,
+                vmshift_image::target::Qcow2Options::from_header,
+            ),
         };
         if spec.direct {
             report.notes.push(format!(
@@ -373,7 +385,7 @@ fn failure_hint(e: &CopyError, kept: bool, journaled: bool) -> &'static str {
 }
 
 /// Opens an existing partial target written by an earlier run of the job.
-fn open_partial(spec: &TargetSpec) -> Result<TargetImage, String> {
+pub(crate) fn open_partial(spec: &TargetSpec) -> Result<TargetImage, String> {
     match spec.format {
         LayerFormat::Raw => {
             let file = std::fs::OpenOptions::new()

@@ -172,6 +172,7 @@ pub(crate) fn run_job(
     report.source = c.source.clone();
     report.backing = c.plan.backing.clone();
     report.notes = c.plan.notes.clone();
+    report.warnings.extend(c.plan.warnings.iter().cloned());
     if let Some(r) = &resuming {
         report.notes.extend(r.notes.iter().cloned());
     }

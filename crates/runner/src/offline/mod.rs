@@ -6,6 +6,7 @@ pub mod check;
 pub mod cutover;
 pub mod execute;
 pub mod job;
+pub mod repair;
 pub mod resume;
 pub mod verify;
 

@@ -164,6 +164,7 @@ pub(crate) fn run_resume(
             &ChainOptions {
                 top_format: args.source_format.map(layer_format),
                 backing_format: args.backing_format.map(layer_format),
+                ..Default::default()
             },
         )
         .map_err(|e| RunnerError::msg(e.to_string()))?;
@@ -238,6 +239,7 @@ pub(crate) fn run_resume(
         &ChainOptions {
             top_format: args.source_format.map(layer_format),
             backing_format: args.backing_format.map(layer_format),
+            ..Default::default()
         },
     ) {
         let crash = job.facts["crash_consistent"].as_bool().unwrap_or(false);
@@ -277,6 +279,7 @@ fn finish_renamed(
     let opts = |f: Option<crate::request::ImageFormat>| ChainOptions {
         top_format: f.map(layer_format),
         backing_format: args.backing_format.map(layer_format),
+        ..Default::default()
     };
     let chain = resolve_chain(&args.source, &opts(args.source_format))
         .map_err(|e| RunnerError::msg(e.to_string()))?;

@@ -29,7 +29,7 @@ pub(crate) fn verify(
     let (spec, cancel, counters) = (&cp.spec, &run.ctx.control.cancel, &cp.counters);
     let tchain = target_chain(&spec.path, spec.format, spec.backing.as_ref().map(|b| &b.2))
         .map_err(|e| e.to_string())?;
-    let treader = ImageReader::open(&tchain).map_err(|e| e.to_string())?;
+    let mut treader = ImageReader::open(&tchain).map_err(|e| e.to_string())?;
     let digest = |r: &ImageReader| {
         digest_image_with(
             r,
@@ -62,6 +62,22 @@ pub(crate) fn verify(
         }
         .map_err(|e| e.to_string())?
     };
+    let mut target_digest = target_digest;
+    if source_digest.hex() != target_digest.hex() {
+        if let Some((t, d)) = super::repair::repair_resumed(
+            run.resuming,
+            spec,
+            &cp.reader,
+            &cp.extents,
+            &treader,
+            &tchain,
+            report,
+            &digest,
+        )? {
+            treader = t;
+            target_digest = d;
+        }
+    }
     report.verification.source_digest = source_digest.hex();
     report.verification.destination_digest = target_digest.hex();
     report.verification.verified_bytes = src_size;
