@@ -27,6 +27,16 @@ pub fn problems(
     target: &Path,
     source_lock: &LockState,
 ) -> Vec<Problem> {
+    let mut out = report_problems(args, chain, target);
+    out.extend(state_dir_problem());
+    out.extend(partial_problem(target));
+    out.extend(target_problems(args, target));
+    out.extend(delete_source_problems(args, chain, source_lock));
+    out
+}
+
+/// The report must never land on an image, nor overwrite what is not a report.
+fn report_problems(args: &OfflineRequest, chain: Option<&Chain>, target: &Path) -> Vec<Problem> {
     let mut out = Vec::new();
     let chain_inodes: Vec<(u64, u64)> = chain
         .map(|c| c.layers.iter().filter_map(|l| inode(&l.path)).collect())
@@ -60,6 +70,11 @@ pub fn problems(
             ));
         }
     }
+    out
+}
+
+/// The state directory must be usable for the journal and reports.
+fn state_dir_problem() -> Option<Problem> {
     if let Err(e) = crate::state::state_dir().and_then(|d| {
         let reports = d.join("reports");
         std::fs::create_dir_all(&reports).map_err(|source| crate::RunnerError::Io {
@@ -68,14 +83,17 @@ pub fn problems(
         })?;
         Ok(reports)
     }) {
-        out.push(Problem::new(
+        return Some(Problem::new(
             "state_dir",
             format!("the state directory cannot be used: {e}"),
             "set VMSHIFT_STATE_DIR to a writable directory",
         ));
     }
+    None
+}
 
-    // A partial target under our temporary name belongs to a running or interrupted job.
+/// A partial target under our temporary name belongs to a running or interrupted job.
+fn partial_problem(target: &Path) -> Option<Problem> {
     let partial = crate::files::partial_path(target);
     if partial.exists() {
         let writer = crate::state::state_dir().ok().and_then(|d| {
@@ -84,7 +102,7 @@ pub fn problems(
                     .join(vmshift_journal::lock::target_lock_name(target)),
             )
         });
-        out.push(match writer {
+        return Some(match writer {
             Some(pid) => Problem::new(
                 "partial_exists",
                 format!("{} is being written by vmshift process {pid}", partial.display()),
@@ -97,7 +115,12 @@ pub fn problems(
             ),
         });
     }
+    None
+}
 
+/// Targets vmshift does not write (devices), and `--overwrite` of a target in use.
+fn target_problems(args: &OfflineRequest, target: &Path) -> Vec<Problem> {
+    let mut out = Vec::new();
     // Targets vmshift does not write: devices.
     if let Ok(m) = std::fs::metadata(target) {
         let ft = m.file_type();
@@ -138,6 +161,16 @@ pub fn problems(
         }
     }
 
+    out
+}
+
+/// `--delete-source` of an image in use or with metadata the copy does not keep.
+fn delete_source_problems(
+    args: &OfflineRequest,
+    chain: Option<&Chain>,
+    source_lock: &LockState,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
     if args.delete_source {
         if matches!(source_lock, LockState::Held { .. }) {
             out.push(Problem::new(

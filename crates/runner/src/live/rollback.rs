@@ -2,7 +2,7 @@
 
 use super::connect;
 use super::migrate::{run_migrate_with, RunExtras};
-use super::recorded::{job_args, job_disks, refuse, where_disks_run, Side};
+use super::recorded::{job_args, job_disks, refuse, where_disks_run, JobDisk, Side};
 use crate::error::IoContext;
 use crate::handle::{ExitCode, JobCtx};
 use crate::journal::lock_job;
@@ -83,24 +83,7 @@ pub(crate) fn rollback_live(
         return Ok(code);
     }
     drop(qmp);
-    let mut back = LiveRequest {
-        qmp: orig.qmp.clone(),
-        to: dirs.remove(0),
-        disks: disks.iter().map(|d| d.device.clone()).collect(),
-        format: None,
-        shallow: orig.shallow,
-        bwlimit: orig.bwlimit,
-        copy_mode: orig.copy_mode,
-        ready_timeout: orig.ready_timeout,
-        delete_source: true,
-        report: None,
-        no_journal: false,
-    };
-    // One format for all disks: the recorded source format when they agree.
-    let formats: Vec<_> = disks.iter().map(|d| d.source_format).collect();
-    if formats.windows(2).all(|w| w[0] == w[1]) {
-        back.format = formats.first().copied().flatten();
-    }
+    let back = move_back_request(&orig, &disks, dirs.remove(0));
     notes.push(format!(
         "rollback: the copies at {} are deleted after the pivot back (the VM runs on the old paths again)",
         orig.to.display()
@@ -162,7 +145,7 @@ pub(crate) fn rollback_live(
 fn remove_stale_sources(
     ctx: &JobCtx,
     qmp: &mut vmshift_qmp::Qmp,
-    disks: &[super::recorded::JobDisk],
+    disks: &[JobDisk],
     notes: &mut Vec<String>,
 ) -> Result<Option<ExitCode>> {
     for d in disks {
@@ -206,4 +189,28 @@ fn remove_stale_sources(
         ));
     }
     Ok(None)
+}
+
+/// The live move back: every disk of the job to its old directory, in the source format
+/// when all disks agree on it, deleting the job's copies after the pivot back.
+fn move_back_request(orig: &LiveRequest, disks: &[JobDisk], to: PathBuf) -> LiveRequest {
+    let mut back = LiveRequest {
+        qmp: orig.qmp.clone(),
+        to,
+        disks: disks.iter().map(|d| d.device.clone()).collect(),
+        format: None,
+        shallow: orig.shallow,
+        bwlimit: orig.bwlimit,
+        copy_mode: orig.copy_mode,
+        ready_timeout: orig.ready_timeout,
+        delete_source: true,
+        report: None,
+        no_journal: false,
+    };
+    // One format for all disks: the recorded source format when they agree.
+    let formats: Vec<_> = disks.iter().map(|d| d.source_format).collect();
+    if formats.windows(2).all(|w| w[0] == w[1]) {
+        back.format = formats.first().copied().flatten();
+    }
+    back
 }

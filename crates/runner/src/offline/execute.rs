@@ -49,6 +49,16 @@ impl Drop for PartialGuard {
     }
 }
 
+/// What the copy engine works on.
+struct Engine<'e> {
+    reader: &'e ImageReader,
+    extents: &'e [vmshift_core::Extent],
+    target: &'e TargetImage,
+    opts: &'e CopyOptions,
+    hooks: &'e CopyHooks<'e>,
+    counters: &'e Arc<Counters>,
+}
+
 /// What the copy step leaves for verification and cut-over.
 pub(crate) struct Copied<'a> {
     /// The source chain.
@@ -155,37 +165,9 @@ impl Run<'_> {
             .resuming
             .map_or(0, |r| r.chunks.iter().map(|ch| ch.bytes).sum());
         let counters = Arc::new(Counters::default());
-        let opts = CopyOptions {
-            threads,
-            chunk: self
-                .resuming
-                .map(|r| r.chunk_size)
-                .filter(|&c| c > 0)
-                .unwrap_or_else(|| copy_chunk(args.bwlimit.unwrap_or(0), spec.direct)),
-            bwlimit: args.bwlimit.unwrap_or(0),
-            zero_granularity: match spec.format {
-                LayerFormat::Raw => 4096,
-                LayerFormat::Qcow2 => usize::try_from(spec.cluster_size)
-                    .unwrap_or(65536)
-                    .max(4096),
-            },
-            target_is_zero: true,
-            shallow,
-            hash: !args.no_verify && !shallow && skip.is_empty(),
-            direct: spec.direct,
-        };
+        let opts = self.copy_options(&spec, threads, skip.is_empty());
         if let Some(l) = self.link {
-            // Guest bytes of all data chunks, reused ones included: the job's progress total.
-            let size = reader.virtual_size();
-            let total: u64 = vmshift_copy::plan::plan_units(&extents, opts.chunk, false)
-                .iter()
-                .filter_map(|u| match u {
-                    vmshift_copy::plan::Unit::Chunk(i) => {
-                        Some(opts.chunk.min(size - i * opts.chunk))
-                    }
-                    vmshift_copy::plan::Unit::Zero { .. } => None,
-                })
-                .sum();
+            let total = progress_total(&extents, opts.chunk, reader.virtual_size());
             l.note(|j, id| j.begin_copy(id, total));
         }
         let copy_started = Instant::now();
@@ -219,21 +201,17 @@ impl Run<'_> {
             // Follows `vmshift set JOB --bwlimit` and JobControl::set_bwlimit.
             rate: Some(&self.ctx.control.rate),
         };
-        let cancel = &self.ctx.control.cancel;
-        let result = {
-            let _p = self.ctx.em.progress("copy", counters.clone());
-            let stop = AtomicBool::new(false);
-            std::thread::scope(|s| {
-                if let Some(cp) = &checkpointer {
-                    let stop = &stop;
-                    s.spawn(move || cp.run(stop));
-                }
-                let r =
-                    copy_image_with(&reader, &extents, &target, &opts, &hooks, cancel, &counters);
-                stop.store(true, Ordering::Relaxed);
-                r
-            })
-        };
+        let result = self.run_engine(
+            Engine {
+                reader: &reader,
+                extents: &extents,
+                target: &target,
+                opts: &opts,
+                hooks: &hooks,
+                counters: &counters,
+            },
+            checkpointer.as_ref(),
+        );
         let result = result.and_then(|s| match &checkpointer {
             Some(cp) => cp.flush().map(|()| s),
             None => Ok(s),
@@ -278,6 +256,54 @@ impl Run<'_> {
             threads,
             _source_lock: source_lock,
         })
+    }
+
+    /// Runs the copy engine with the checkpointer on a thread beside it, and progress
+    /// events while it runs.
+    fn run_engine(
+        &self,
+        e: Engine<'_>,
+        checkpointer: Option<&Checkpointer<'_>>,
+    ) -> Result<CopyStats, CopyError> {
+        let _p = self.ctx.em.progress("copy", e.counters.clone());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            if let Some(cp) = checkpointer {
+                let stop = &stop;
+                s.spawn(move || cp.run(stop));
+            }
+            let cancel = &self.ctx.control.cancel;
+            let r = copy_image_with(
+                e.reader, e.extents, e.target, e.opts, e.hooks, cancel, e.counters,
+            );
+            stop.store(true, Ordering::Relaxed);
+            r
+        })
+    }
+
+    /// The engine's options for this run: a resume keeps its journaled chunk size.
+    fn copy_options(&self, spec: &TargetSpec, threads: usize, fresh: bool) -> CopyOptions {
+        let args = self.args;
+        let shallow = self.c.plan.backing == "kept";
+        CopyOptions {
+            threads,
+            chunk: self
+                .resuming
+                .map(|r| r.chunk_size)
+                .filter(|&c| c > 0)
+                .unwrap_or_else(|| copy_chunk(args.bwlimit.unwrap_or(0), spec.direct)),
+            bwlimit: args.bwlimit.unwrap_or(0),
+            zero_granularity: match spec.format {
+                LayerFormat::Raw => 4096,
+                LayerFormat::Qcow2 => usize::try_from(spec.cluster_size)
+                    .unwrap_or(65536)
+                    .max(4096),
+            },
+            target_is_zero: true,
+            shallow,
+            hash: !args.no_verify && !shallow && fresh,
+            direct: spec.direct,
+        }
     }
 
     /// What becomes of the partial target after a failed copy (see README, "Resume"): kept
@@ -358,6 +384,17 @@ impl Run<'_> {
         }
         Ok(spec)
     }
+}
+
+/// Guest bytes of all data chunks, reused ones included: the job's progress total.
+fn progress_total(extents: &[vmshift_core::Extent], chunk: u64, size: u64) -> u64 {
+    vmshift_copy::plan::plan_units(extents, chunk, false)
+        .iter()
+        .filter_map(|u| match u {
+            vmshift_copy::plan::Unit::Chunk(i) => Some(chunk.min(size - i * chunk)),
+            vmshift_copy::plan::Unit::Zero { .. } => None,
+        })
+        .sum()
 }
 
 /// What the failure message adds about the partial target and what to do next.

@@ -158,68 +158,10 @@ pub(crate) fn run_resume(
             .map_err(|e| RunnerError::msg(format!("cannot remove {}: {e}", partial.display())))?;
     }
     if reuse && !chunks.is_empty() {
-        // Prove source and partial target both still hold the sampled chunks.
-        let chain = resolve_chain(
-            &args.source,
-            &ChainOptions {
-                top_format: args.source_format.map(layer_format),
-                backing_format: args.backing_format.map(layer_format),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| RunnerError::msg(e.to_string()))?;
-        let reader = ImageReader::open(&chain).map_err(|e| RunnerError::msg(e.to_string()))?;
-        let extents = reader
-            .extents(0, reader.virtual_size(), false)
-            .map_err(|e| {
-                RunnerError::msg(format!(
-                    "{}: block status failed: {e}",
-                    args.source.display()
-                ))
-            })?;
-        let tformat = if is_qcow2(&partial) {
-            LayerFormat::Qcow2
-        } else {
-            LayerFormat::Raw
-        };
-        let tchain =
-            target_chain(&partial, tformat, None).map_err(|e| RunnerError::msg(e.to_string()))?;
-        let treader = ImageReader::open(&tchain).map_err(|e| RunnerError::msg(e.to_string()))?;
-        // Under --io direct the sample stays out of the page cache too.
-        let direct = args.io == IoMode::Direct;
-        let (src_io, target_io) = (
-            FastSource::new(&reader, direct),
-            FastSource::new(&treader, direct),
-        );
-        for rec in sample(&chunks) {
-            let mut aligned = AlignedBuf::new(buf_index(rec.len));
-            let buf = aligned.as_mut_slice();
-            fill_chunk(&src_io, &extents, rec.offset, buf)
-                .map_err(|e| RunnerError::msg(e.to_string()))?;
-            if chunk_digest(rec.offset, buf) != rec.digest {
-                return refuse(ctx, format!(
-                    "the source {} differs from what the job copied at guest offset {:#x}: start a new migration (`vmshift cancel {}` removes the partial target)",
-                    args.source.display(),
-                    rec.offset,
-                    job.id
-                ));
-            }
-            buf.fill(0);
-            if target_io.read_at(buf, rec.offset).is_err()
-                || chunk_digest(rec.offset, buf) != rec.digest
-            {
-                return refuse(ctx, format!(
-                    "{} is not the partial target this job wrote (guest offset {:#x} differs): move it away and resume again to copy everything anew",
-                    partial.display(),
-                    rec.offset
-                ));
-            }
+        match prove_sample(&args, &partial, &chunks, &job.id)? {
+            Ok(note) => notes.push(note),
+            Err(why) => return refuse(ctx, why),
         }
-        notes.push(format!(
-            "resume: source unchanged (size, mtime, lock, {} sampled chunks) and the partial target holds what the job wrote; {} chunks reused",
-            sample(&chunks).len(),
-            chunks.len()
-        ));
     }
     if !reuse {
         j.clear_chunks(&job.id)
@@ -264,6 +206,78 @@ pub(crate) fn run_resume(
             chunk_size: job.chunk_size,
         }),
     )
+}
+
+/// Proves that the source and the partial target both still hold a sample of the journaled
+/// chunks ([`sample`]). `Ok(Ok(note))` for the report, `Ok(Err(reason))` for a refusal.
+fn prove_sample(
+    args: &OfflineRequest,
+    partial: &Path,
+    chunks: &[ChunkRecord],
+    job_id: &str,
+) -> Result<std::result::Result<String, String>> {
+    // Prove source and partial target both still hold the sampled chunks.
+    let chain = resolve_chain(
+        &args.source,
+        &ChainOptions {
+            top_format: args.source_format.map(layer_format),
+            backing_format: args.backing_format.map(layer_format),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| RunnerError::msg(e.to_string()))?;
+    let reader = ImageReader::open(&chain).map_err(|e| RunnerError::msg(e.to_string()))?;
+    let extents = reader
+        .extents(0, reader.virtual_size(), false)
+        .map_err(|e| {
+            RunnerError::msg(format!(
+                "{}: block status failed: {e}",
+                args.source.display()
+            ))
+        })?;
+    let tformat = if is_qcow2(partial) {
+        LayerFormat::Qcow2
+    } else {
+        LayerFormat::Raw
+    };
+    let tchain =
+        target_chain(partial, tformat, None).map_err(|e| RunnerError::msg(e.to_string()))?;
+    let treader = ImageReader::open(&tchain).map_err(|e| RunnerError::msg(e.to_string()))?;
+    // Under --io direct the sample stays out of the page cache too.
+    let direct = args.io == IoMode::Direct;
+    let (src_io, target_io) = (
+        FastSource::new(&reader, direct),
+        FastSource::new(&treader, direct),
+    );
+    for rec in sample(chunks) {
+        let mut aligned = AlignedBuf::new(buf_index(rec.len));
+        let buf = aligned.as_mut_slice();
+        fill_chunk(&src_io, &extents, rec.offset, buf)
+            .map_err(|e| RunnerError::msg(e.to_string()))?;
+        if chunk_digest(rec.offset, buf) != rec.digest {
+            return Ok(Err(format!(
+                "the source {} differs from what the job copied at guest offset {:#x}: start a new migration (`vmshift cancel {}` removes the partial target)",
+                args.source.display(),
+                rec.offset,
+                job_id
+            )));
+        }
+        buf.fill(0);
+        if target_io.read_at(buf, rec.offset).is_err()
+            || chunk_digest(rec.offset, buf) != rec.digest
+        {
+            return Ok(Err(format!(
+                "{} is not the partial target this job wrote (guest offset {:#x} differs): move it away and resume again to copy everything anew",
+                partial.display(),
+                rec.offset
+            )));
+        }
+    }
+    Ok(Ok(format!(
+        "resume: source unchanged (size, mtime, lock, {} sampled chunks) and the partial target holds what the job wrote; {} chunks reused",
+        sample(chunks).len(),
+        chunks.len()
+    )))
 }
 
 /// The job was killed between renaming its verified target into place and recording
