@@ -88,10 +88,13 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
     })?;
     let job = j.job(id)?;
     let phases = j.phases(&job.id)?;
+    // A journal written before bandwidth changes existed has no such table: none then.
+    let changes = j.bwlimit_changes(&job.id).unwrap_or_default();
     if json_out {
         let mut v = job_json(&job);
         v["options"] = job.options.clone();
         v["phases"] = serde_json::to_value(&phases)?;
+        v["bwlimit_changes"] = serde_json::to_value(&changes)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
@@ -128,6 +131,20 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
     }
     if let Some(r) = &job.report {
         println!("report       {r}");
+    }
+    for c in &changes {
+        let limit = if c.bytes_per_sec == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{}/s", format_bytes(c.bytes_per_sec))
+        };
+        println!(
+            "bwlimit      {limit} asked {}, {}",
+            c.requested_at,
+            c.applied_at
+                .as_deref()
+                .map_or("not applied yet".to_string(), |a| format!("applied {a}"))
+        );
     }
     println!("phases:");
     for p in &phases {
