@@ -98,6 +98,10 @@ pub enum Command {
         /// Print NDJSON events on stdout (human text goes to stderr).
         #[arg(long)]
         json: bool,
+        /// Bandwidth limit for this run, e.g. 50M (binary units: MiB/s; 0: none), instead of
+        /// the one the job recorded.
+        #[arg(long, value_parser = parse_size_arg)]
+        bwlimit: Option<u64>,
     },
     /// Stop a running job at the next chunk boundary (or close an interrupted one).
     Cancel {
@@ -127,6 +131,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Bandwidth limit of a live move back, e.g. 50M (binary units; 0: none), instead of
+        /// the one the job recorded.
+        #[arg(long, value_parser = parse_size_arg)]
+        bwlimit: Option<u64>,
     },
 }
 

@@ -23,8 +23,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll) and clean up.
-    let _ = ctrlc::set_handler(render::cancel_all);
+    // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll); an offline job
+    // keeps its journaled partial target for `vmshift resume`.
+    let _ = ctrlc::set_handler(render::interrupt_all);
     match run(&cli.command) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -65,10 +66,15 @@ fn run(command: &Command) -> anyhow::Result<i32> {
         }
         Command::Jobs { json } => jobs::run_jobs(*json),
         Command::Status { job, json } => jobs::run_status(job, *json),
-        Command::Resume { job, report, json } => follow(runner.resume(job, report.clone()), *json),
+        Command::Resume {
+            job,
+            report,
+            json,
+            bwlimit,
+        } => follow(runner.resume(job, report.clone(), *bwlimit), *json),
         Command::Cancel { job, keep_partial } => follow(runner.cancel(job, *keep_partial), false),
         Command::Set { job, bwlimit, json } => follow(runner.set_bwlimit(job, *bwlimit), *json),
-        Command::Rollback { job, json } => follow(runner.rollback(job), *json),
+        Command::Rollback { job, json, bwlimit } => follow(runner.rollback(job, *bwlimit), *json),
     }
 }
 

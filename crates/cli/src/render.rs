@@ -14,10 +14,11 @@ fn running() -> &'static Mutex<Vec<JobControl>> {
     RUNNING.get_or_init(Mutex::default)
 }
 
-/// Cancels every job this process follows (the signal handler).
-pub fn cancel_all() {
+/// Interrupts every job this process follows (the Ctrl-C / SIGTERM handler): offline jobs
+/// keep their journaled partial target for `vmshift resume`.
+pub fn interrupt_all() {
     for c in running().lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        c.cancel();
+        c.interrupt();
     }
 }
 

@@ -33,6 +33,7 @@ pub struct Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct JobControl {
     pub(crate) cancel: Arc<AtomicBool>,
+    interrupted: Arc<AtomicBool>,
     pub(crate) rate: Arc<RateLimit>,
 }
 
@@ -43,7 +44,20 @@ impl JobControl {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
-    /// Whether [`JobControl::cancel`] was called.
+    /// Interrupts the job (Ctrl-C, SIGTERM): it stops like [`JobControl::cancel`], but an
+    /// offline job keeps its journaled partial target so `resume` continues from the last
+    /// checkpoint (a cancel removes it unless asked to keep it).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
+        self.cancel();
+    }
+
+    /// Whether [`JobControl::interrupt`] was called.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`JobControl::cancel`] or [`JobControl::interrupt`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }

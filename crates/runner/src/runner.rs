@@ -91,27 +91,34 @@ impl Runner {
 
     /// Resumes an interrupted, failed or cancelled job (`id` or a unique prefix): offline
     /// from its last checkpoint, live by mirroring again or finishing after the pivot.
-    /// `report` is an extra report file.
+    /// `report` is an extra report file; `bwlimit` (bytes/s, 0 = none) replaces the limit
+    /// the job recorded.
     ///
     /// # Errors
     /// The journal cannot be read, or the job's thread cannot be started.
-    pub fn resume(&self, id: &str, report: Option<PathBuf>) -> Result<JobHandle> {
-        let (full, bwlimit) = recorded(id)?;
+    pub fn resume(
+        &self,
+        id: &str,
+        report: Option<PathBuf>,
+        bwlimit: Option<u64>,
+    ) -> Result<JobHandle> {
+        let (full, recorded_limit) = recorded(id)?;
         let control = JobControl::default();
-        control.set_bwlimit(bwlimit);
+        control.set_bwlimit(bwlimit.unwrap_or(recorded_limit));
         spawn(full.clone(), control, move |ctx| {
             crate::control::resume(ctx, &full, report)
         })
     }
 
-    /// Undoes a succeeded job: offline, deletes its target; live, mirrors the disks back.
+    /// Undoes a succeeded job: offline, deletes its target; live, mirrors the disks back
+    /// (at `bwlimit` bytes/s when given, else the job's recorded limit; 0 = none).
     ///
     /// # Errors
     /// The journal cannot be read, or the job's thread cannot be started.
-    pub fn rollback(&self, id: &str) -> Result<JobHandle> {
-        let (full, bwlimit) = recorded(id)?;
+    pub fn rollback(&self, id: &str, bwlimit: Option<u64>) -> Result<JobHandle> {
+        let (full, recorded_limit) = recorded(id)?;
         let control = JobControl::default();
-        control.set_bwlimit(bwlimit);
+        control.set_bwlimit(bwlimit.unwrap_or(recorded_limit));
         spawn(full.clone(), control, move |ctx| {
             crate::control::rollback(ctx, &full)
         })

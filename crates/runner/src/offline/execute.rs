@@ -231,7 +231,12 @@ impl Run<'_> {
                 report.bytes_skipped_zero = counters.skipped.load(Ordering::Relaxed);
                 return Err(format!(
                     "{e}{}",
-                    failure_hint(&e, guard.keep, self.link.is_some())
+                    failure_hint(
+                        &e,
+                        guard.keep,
+                        self.link.is_some(),
+                        self.ctx.control.is_interrupted()
+                    )
                 ));
             }
         };
@@ -322,7 +327,7 @@ impl Run<'_> {
             .is_some_and(|job| job.cancel_request.as_deref() == Some("keep"));
         self.args.keep_partial
             || match e {
-                CopyError::Cancelled => cancel_keep,
+                CopyError::Cancelled => cancel_keep || self.ctx.control.is_interrupted(),
                 e if e.is_no_space() => false,
                 _ => true,
             }
@@ -398,8 +403,11 @@ fn progress_total(extents: &[vmshift_core::Extent], chunk: u64, size: u64) -> u6
 }
 
 /// What the failure message adds about the partial target and what to do next.
-fn failure_hint(e: &CopyError, kept: bool, journaled: bool) -> &'static str {
+fn failure_hint(e: &CopyError, kept: bool, journaled: bool, interrupted: bool) -> &'static str {
     match (e, kept) {
+        (CopyError::Cancelled, true) if interrupted => {
+            " at a chunk boundary (interrupted: Ctrl-C or SIGTERM); the source is untouched and the partial target was kept"
+        }
         // No journal (--no-journal): nothing to resume.
         (e, false) if e.is_no_space() && !journaled => {
             " (the destination ran out of space; the partial target was removed: free space, then migrate again)"
