@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+echo "demo: building vmshift (release; the first build takes a few minutes)" >&2
+cargo build --release --bin vmshift
 exec cargo run --release --quiet --bin vmshift -- demo "$@"

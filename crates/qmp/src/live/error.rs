@@ -38,7 +38,7 @@ pub enum LiveError {
         available: String,
     },
     /// The pre-flight check refused.
-    #[error("check refused: {}", .0.iter().map(|r| format!("{}: {}", r.device, r.reason)).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(|r| format!("{}: {}", r.device, r.reason)).collect::<Vec<_>>().join("; "))]
     Refused(Vec<Refusal>),
     /// Creating a target image failed.
     #[error("cannot create target {}: {message}", path.display())]

@@ -208,6 +208,8 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
             .filter(|p| !(partial_credit.is_some() && p.code == "partial_exists")),
     );
     if args.to.as_os_str().to_string_lossy().ends_with('/') && !args.to.is_dir() {
+        // Said once: the plan's own "destination directory of … does not exist" goes.
+        plan.problems.retain(|p| p.code != "dest_missing");
         plan.problems.insert(
             0,
             vmshift_core::plan::Problem::new(

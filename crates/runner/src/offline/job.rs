@@ -318,6 +318,12 @@ fn finish(
     for w in &report.warnings {
         em.emit(crate::JobEvent::Warning { message: w.clone() });
     }
+    // What to change next ends the console, as for live moves, not only the report.
+    if report.status == JobStatus::Succeeded {
+        for r in &report.references {
+            em.say(format!("vmshift: next: {r}"));
+        }
+    }
     em.say(format!("report: {}", path.display()));
     em.report(report, &path);
     Ok(())

@@ -1,0 +1,69 @@
+//! Say what to change, every time, and say a thing once.
+
+mod common;
+
+use common::*;
+use vmshift_qmp::testvm::{Disk, TestVm};
+
+#[test]
+fn an_offline_move_ends_with_what_to_change_next() {
+    let ws = Ws::new();
+    let src = ws.path("web01.raw");
+    std::fs::write(&src, random_bytes(usize::try_from(2 * M).unwrap(), 1)).unwrap();
+    let dst = ws.mkdir("b");
+    let (code, _, out) = ws.migrate(&src, &dst, &[]);
+    assert_eq!(code, 0);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    let n = lines.len();
+    assert!(
+        lines[n - 2].starts_with("vmshift: next: point the VM at ")
+            && lines[n - 2].contains(&dst.join("web01.raw").display().to_string()),
+        "{err}"
+    );
+    assert!(lines[n - 1].starts_with("report: "), "{err}");
+}
+
+#[test]
+fn a_missing_destination_directory_is_said_once() {
+    let ws = Ws::new();
+    let src = ws.path("web01.raw");
+    std::fs::write(&src, b"x".repeat(4096)).unwrap();
+    let to = format!("{}/", ws.path("nope/sub").display());
+    let out = ws
+        .vmshift()
+        .args(["check", p(&src), "--to", &to])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("does not exist").count(), 1, "{text}");
+}
+
+#[test]
+fn a_live_refusal_says_refused_once() {
+    let ws = Ws::new();
+    let a = ws.mkdir("a");
+    let src = a.join("web01.raw");
+    std::fs::write(&src, random_bytes(usize::try_from(4 * M).unwrap(), 2)).unwrap();
+    let vm = TestVm::paused(
+        &ws.mkdir("vm"),
+        &[Disk {
+            path: src,
+            format: "raw",
+        }],
+    )
+    .unwrap();
+    drop(vm.qmp().unwrap());
+    // The target would be the source itself.
+    let out = ws
+        .vmshift()
+        .args(["check", "--qmp", p(&vm.qmp_path), "--to", p(&a)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("is the source itself"), "{text}");
+    assert_eq!(text.matches("refused").count(), 2, "{text}"); // the reason, then the verdict
+    assert!(!text.contains("refused: check refused"), "{text}");
+}
