@@ -67,3 +67,38 @@ fn a_live_refusal_says_refused_once() {
     assert_eq!(text.matches("refused").count(), 2, "{text}"); // the reason, then the verdict
     assert!(!text.contains("refused: check refused"), "{text}");
 }
+
+#[test]
+fn a_live_target_gets_the_source_owner_and_mode_before_qemu_opens_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ws = Ws::new();
+    let a = ws.mkdir("a");
+    let src = a.join("web01.raw");
+    std::fs::write(&src, random_bytes(usize::try_from(4 * M).unwrap(), 3)).unwrap();
+    // As libvirt leaves a disk for its libvirt-qemu user.
+    rustix::fs::chown(
+        &src,
+        Some(rustix::fs::Uid::from_raw(1234)),
+        Some(rustix::fs::Gid::from_raw(1235)),
+    )
+    .unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let vm = TestVm::paused(
+        &ws.mkdir("vm"),
+        &[Disk {
+            path: src.clone(),
+            format: "raw",
+        }],
+    )
+    .unwrap();
+    drop(vm.qmp().unwrap());
+    let b = ws.mkdir("b");
+    let out = ws
+        .vmshift()
+        .args(["migrate", "--qmp", p(&vm.qmp_path), "--to", p(&b), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = std::fs::metadata(b.join("web01.raw")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 1235, 0o640));
+}

@@ -42,6 +42,9 @@ pub struct DiskOutcome {
     pub source_deleted: bool,
     /// What must change in whatever starts this VM next time.
     pub next_start: String,
+    /// What of the source file's owner, group, mode, xattrs and SELinux label the target
+    /// could not take, one line each (empty when it took them all).
+    pub warnings: Vec<String>,
 }
 
 /// Result of a successful live migration.

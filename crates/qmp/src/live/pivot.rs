@@ -227,6 +227,7 @@ impl Driver<'_> {
                     d.file,
                     d.device
                 ),
+                warnings: r.attr_warnings.clone(),
             });
         }
         disks

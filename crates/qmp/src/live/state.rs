@@ -16,6 +16,8 @@ pub(super) struct DiskRun {
     pub(super) fmt_node: String,
     pub(super) job_id: String,
     pub(super) created_file: bool,
+    /// What of the source's owner, group, mode and labels the target could not take.
+    pub(super) attr_warnings: Vec<String>,
     pub(super) file_node_added: bool,
     pub(super) fmt_node_added: bool,
     pub(super) job_started: bool,
@@ -44,6 +46,7 @@ impl DiskRun {
             fmt_node: format!("{tag}-{i}"),
             job_id: format!("{tag}-{i}-job"),
             created_file: false,
+            attr_warnings: Vec::new(),
             file_node_added: false,
             fmt_node_added: false,
             job_started: false,

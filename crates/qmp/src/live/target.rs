@@ -116,5 +116,8 @@ fn create_file(opts: &LiveOptions, r: &mut DiskRun) -> Result<(), LiveError> {
             message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
+    // Before QEMU opens it: a QEMU that runs as another user (libvirt's libvirt-qemu, any
+    // -runas) must be able to, as it could open the source.
+    r.attr_warnings = vmshift_image::attrs::copy_attrs(Path::new(&p.disk.file), &p.target);
     Ok(())
 }

@@ -229,6 +229,9 @@ pub(crate) fn run_migrate_with(
     let code = match result {
         Ok((plan, out)) => {
             succeeded(&mut report, &plan, &out);
+            for w in out.disks.iter().flat_map(|d| &d.warnings) {
+                em.emit(JobEvent::Warning { message: w.clone() });
+            }
             0
         }
         Err((phase, e)) => failed(&mut report, phase, &e),
@@ -297,6 +300,7 @@ fn succeeded(report: &mut Report, plan: &LivePlan, out: &LiveOutcome) {
             .into(),
     );
     for d in &out.disks {
+        report.warnings.extend(d.warnings.iter().cloned());
         if !d.old_nodes_detached {
             report.warnings.push(format!(
                 "{}: QEMU still holds the old image {}",
