@@ -102,3 +102,52 @@ fn a_live_target_gets_the_source_owner_and_mode_before_qemu_opens_it() {
     let m = std::fs::metadata(b.join("web01.raw")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 1235, 0o640));
 }
+
+/// A listening socket that never sends a QMP greeting (as when another client holds it).
+fn silent_monitor(path: &std::path::Path) -> std::os::unix::net::UnixListener {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+#[test]
+fn a_monitor_nobody_answers_on_is_named_without_a_hint_for_an_option_that_does_not_exist() {
+    let ws = Ws::new();
+    let sock = ws.path("held.sock");
+    let _l = silent_monitor(&sock);
+    let out = ws
+        .vmshift()
+        .args(["check", "--qmp", p(&sock), "--to", p(&ws.mkdir("b"))])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("another client holds this monitor"), "{err}");
+    assert!(!err.contains("raise the QMP timeout"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_libvirt_domain_monitor_is_refused_as_libvirt_managed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create a directory under /run/libvirt");
+        return;
+    }
+    let dir =
+        std::path::Path::new("/run/libvirt/vmshift-test").join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("monitor.sock");
+    let _ = std::fs::remove_file(&sock);
+    let _l = silent_monitor(&sock);
+    let ws = Ws::new();
+    let out = ws
+        .vmshift()
+        .args(["migrate", "--qmp", p(&sock), "--to", p(&ws.mkdir("b"))])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("libvirt-managed VM"), "{err}");
+    assert!(err.contains("virsh blockcopy"), "{err}");
+}

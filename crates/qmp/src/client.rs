@@ -111,9 +111,9 @@ impl Qmp {
                 }
                 Some(m) => qmp.queue_if_event(m),
                 None => {
-                    return Err(QmpError::Timeout {
-                        command: "greeting".into(),
-                        timeout: connect_timeout,
+                    return Err(QmpError::NoGreeting {
+                        path: path.to_owned(),
+                        waited: connect_timeout.max(Duration::from_secs(5)),
                     })
                 }
             }

@@ -21,12 +21,21 @@ pub enum QmpError {
     #[error("QEMU closed the QMP connection")]
     Closed,
     /// No reply arrived within the command timeout.
-    #[error("no reply to {command} within {timeout:?}; QEMU may be busy (raise the QMP timeout)")]
+    #[error("no reply to {command} within {timeout:?}; QEMU may be busy or hung")]
     Timeout {
         /// The command that timed out.
         command: String,
         /// The timeout that expired.
         timeout: Duration,
+    },
+    /// The socket accepted the connection but no QMP greeting came: QEMU serves one monitor
+    /// client at a time, so another one (libvirtd, a `socat` left open) holds it.
+    #[error("no QMP greeting from {path} within {waited:?}: another client holds this monitor (QEMU serves one at a time); close it, or give QEMU a monitor of its own (-qmp unix:PATH,server=on,wait=off)")]
+    NoGreeting {
+        /// The socket path.
+        path: PathBuf,
+        /// How long the greeting was waited for.
+        waited: Duration,
     },
     /// A message was not valid JSON or not a QMP message.
     #[error("malformed QMP message: {0}")]

@@ -23,11 +23,30 @@ use vmshift_qmp::{CopyModeRequest, Features, LiveMigration, LiveOptions, LivePla
 /// # Errors
 /// One line naming the socket.
 pub fn connect(sock: &Path) -> Result<Qmp> {
+    if let Some(why) = libvirt_monitor(sock) {
+        return Err(RunnerError::msg(why));
+    }
     let mut q = Qmp::connect(sock, Duration::from_secs(5))
         // The QMP error already names its cause; a context chain would print it twice.
         .map_err(|e| RunnerError::msg(format!("cannot talk to QEMU at {}: {e}", sock.display())))?;
     q.set_timeout(Duration::from_secs(60));
     Ok(q)
+}
+
+/// Where libvirt keeps the monitors of the domains it runs.
+const LIBVIRT_DIRS: [&str; 2] = ["/var/lib/libvirt/", "/run/libvirt/"];
+
+/// A refusal when `sock` is the monitor of a libvirt-managed VM: moving its disks behind
+/// libvirt's back would leave the domain definition on the old files.
+fn libvirt_monitor(sock: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(sock).unwrap_or_else(|_| sock.to_path_buf());
+    let s = real.to_string_lossy();
+    LIBVIRT_DIRS.iter().any(|d| s.starts_with(d)).then(|| {
+        format!(
+            "{} is the monitor of a libvirt-managed VM: a move behind libvirt's back would leave the domain's definition on the old files; move it with `virsh blockcopy` (vmshift does not drive libvirt domains yet)",
+            sock.display()
+        )
+    })
 }
 
 /// The live driver's format of a request format.
