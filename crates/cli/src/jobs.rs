@@ -3,13 +3,17 @@
 use anyhow::{anyhow, Result};
 use serde_json::json;
 use vmshift_core::format_bytes;
-use vmshift_journal::JobRecord;
+use vmshift_journal::{JobRecord, ProgressRecord};
 use vmshift_runner::journal::{read_journal, running_pid, shown_status};
 use vmshift_runner::ExitCode;
 
-fn progress(j: &JobRecord) -> String {
+fn progress(j: &JobRecord, now: Option<&ProgressRecord>) -> String {
     if j.status == "succeeded" {
         return "100%".into();
+    }
+    // A running job's own latest sample (live jobs too), as its process recorded it.
+    if let Some(p) = now.filter(|p| p.total_bytes > 0 && running_pid(&j.id).is_some()) {
+        return format!("{}%", p.done_bytes.min(p.total_bytes) * 100 / p.total_bytes);
     }
     // Live jobs journal no chunks (QEMU's mirror tracks its own progress).
     if j.total_bytes == 0 || j.kind != "offline" {
@@ -19,8 +23,15 @@ fn progress(j: &JobRecord) -> String {
     format!("{pct}%")
 }
 
-fn job_json(j: &JobRecord) -> serde_json::Value {
+/// A job as JSON; a running job adds its process's latest progress sample (`now`).
+fn job_json(j: &JobRecord, journal: &vmshift_journal::Journal) -> serde_json::Value {
+    let now = journal
+        .progress(&j.id)
+        .ok()
+        .flatten()
+        .filter(|_| running_pid(&j.id).is_some());
     json!({
+        "now": now,
         "job_id": j.id, "kind": j.kind, "source": j.source, "destination": j.destination,
         "status": shown_status(j), "progress": {"done_bytes": j.done_bytes, "total_bytes": j.total_bytes},
         "started": j.created_at, "updated": j.updated_at, "error": j.error,
@@ -45,7 +56,7 @@ pub fn run_jobs(json_out: bool) -> Result<ExitCode> {
     let (jobs, problems) = j.jobs()?;
     let damaged = j.integrity_check().err();
     if json_out {
-        let v: Vec<_> = jobs.iter().map(job_json).collect();
+        let v: Vec<_> = jobs.iter().map(|job| job_json(job, &j)).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
@@ -58,7 +69,7 @@ pub fn run_jobs(json_out: bool) -> Result<ExitCode> {
                 job.id,
                 job.kind,
                 shown_status(job),
-                progress(job),
+                progress(job, j.progress(&job.id).ok().flatten().as_ref()),
                 job.created_at,
                 job.source,
                 job.destination
@@ -90,8 +101,13 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
     let phases = j.phases(&job.id)?;
     // A journal written before bandwidth changes existed has no such table: none then.
     let changes = j.bwlimit_changes(&job.id).unwrap_or_default();
+    let now = j
+        .progress(&job.id)
+        .ok()
+        .flatten()
+        .filter(|_| running_pid(&job.id).is_some());
     if json_out {
-        let mut v = job_json(&job);
+        let mut v = job_json(&job, &j);
         v["options"] = job.options.clone();
         v["phases"] = serde_json::to_value(&phases)?;
         v["bwlimit_changes"] = serde_json::to_value(&changes)?;
@@ -111,13 +127,28 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
             "progress     {} of {} durable ({})",
             format_bytes(job.done_bytes),
             format_bytes(job.total_bytes),
-            progress(&job)
+            progress(&job, None)
         );
-    } else {
+    } else if now.is_none() {
         println!(
             "progress     {} (QEMU's mirror of {}: the journal records its phases, not its bytes)",
-            progress(&job),
+            progress(&job, None),
             format_bytes(job.total_bytes)
+        );
+    }
+    if let Some(p) = &now {
+        println!(
+            "now          {} {} of {} ({}), {}/s, ETA {} (at {})",
+            p.phase,
+            format_bytes(p.done_bytes),
+            format_bytes(p.total_bytes),
+            progress(&job, Some(p)),
+            format_bytes(p.rate_bytes_per_sec),
+            p.eta_ms.map_or_else(
+                || "unknown".to_string(),
+                |e| format!("{}s", e.div_ceil(1000))
+            ),
+            p.updated_at
         );
     }
     if !job.partial.is_empty() {

@@ -18,7 +18,7 @@ pub mod error;
 pub mod lock;
 pub mod store;
 
-pub use control::BwlimitChange;
+pub use control::{BwlimitChange, ProgressRecord};
 pub use error::JournalError;
 pub use lock::{FileLock, LockError};
 pub use store::{ChunkRecord, JobRecord, Journal, NewJob, PhaseRecord, SCHEMA_VERSION};

@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS chunks (
     run     INTEGER NOT NULL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (
+    job_id             TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    phase              TEXT NOT NULL,
+    done_bytes         INTEGER NOT NULL,
+    total_bytes        INTEGER NOT NULL,
+    rate_bytes_per_sec INTEGER NOT NULL,
+    eta_ms             INTEGER,
+    updated_at         TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bwlimit_changes (
     job_id        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
     seq           INTEGER NOT NULL,

@@ -132,6 +132,8 @@ type LastReport = Arc<Mutex<Option<(Report, Option<PathBuf>)>>>;
 pub(crate) struct Emitter {
     tx: Sender<JobEvent>,
     last_report: LastReport,
+    /// The latest progress sample, for `vmshift status` in another process.
+    last_progress: Arc<Mutex<Option<Progress>>>,
 }
 
 impl Emitter {
@@ -141,7 +143,18 @@ impl Emitter {
             *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(((**report).clone(), path.clone()));
         }
+        if let JobEvent::Progress(p) = &e {
+            *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p.clone());
+        }
         let _ = self.tx.send(e);
+    }
+
+    /// Takes the latest progress sample (`None` when there was none since the last take).
+    pub fn take_progress(&self) -> Option<Progress> {
+        self.last_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// A line for people.
@@ -267,6 +280,7 @@ pub(crate) fn spawn(
     let em = Emitter {
         tx,
         last_report: Arc::default(),
+        last_progress: Arc::default(),
     };
     let ctx = JobCtx {
         job_id: job_id.clone(),

@@ -59,6 +59,9 @@ impl Watch {
                     }
                     continue;
                 };
+                if let Some(p) = em.take_progress() {
+                    let _ = j.set_progress(id, &record(&p));
+                }
                 if j.job(id).is_ok_and(|r| r.cancel_request.is_some()) {
                     control.cancel();
                 }
@@ -104,5 +107,17 @@ impl Drop for Watch {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+/// The journal's form of a progress sample.
+fn record(p: &crate::event::Progress) -> vmshift_journal::ProgressRecord {
+    vmshift_journal::ProgressRecord {
+        phase: p.phase.clone(),
+        done_bytes: p.done_bytes,
+        total_bytes: p.total_bytes,
+        rate_bytes_per_sec: p.rate_bytes_per_sec,
+        eta_ms: p.eta_ms,
+        updated_at: String::new(),
     }
 }
