@@ -7,8 +7,12 @@
 //! order followed by `size` (u64 little-endian). It depends on content only, never on how
 //! either image allocates it, so a sparse qcow2 and a dense raw holding the same bytes match.
 
-use crate::engine::{buf_index, for_each_unit, CopyError, Counters};
+use crate::chunk::fill_pieces;
+use crate::error::CopyError;
+use crate::io::buf_index;
 use crate::plan::{plan_units, Unit};
+use crate::progress::Counters;
+use crate::workers::for_each_unit;
 use crate::zero::is_zero;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -170,7 +174,7 @@ pub fn digest_image_with(
             return Ok(());
         };
         let start = idx * chunk;
-        crate::engine::fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
+        fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
         digest.add(start, buf);
         fast.done_reading(start, buf.len() as u64);
         counters.add_done(buf.len() as u64);

@@ -4,116 +4,25 @@
 //! copies drop each chunk's source pages and hand its target pages to the disk a few chunks
 //! later ([`crate::writeback`]), so the page cache holds a few chunks, not the image.
 
+use crate::chunk::fill_pieces;
 use crate::digest::{block_hashes, chunk_digest_of, SparseDigest};
-use crate::io::{AlignedBuf, FastSource};
+use crate::io::FastSource;
 use crate::plan::{clip, plan_units, Unit};
 use crate::readback::ReadBack;
 use crate::throttle::Throttle;
 use crate::writeback::WriteBehind;
 use crate::zero::zero_runs;
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vmshift_core::extent::{Extent, ExtentKind};
 use vmshift_image::{ImageReader, TargetImage};
 
-/// Why a copy stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    /// Reading the source failed at guest `offset`.
-    #[error("read error in the source at guest offset {offset:#x}: {source}")]
-    Read {
-        /// Guest offset.
-        offset: u64,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// Writing the target failed at guest `offset`.
-    #[error("write error in the target at guest offset {offset:#x}: {source}")]
-    Write {
-        /// Guest offset.
-        offset: u64,
-        /// The I/O error (ENOSPC included).
-        source: io::Error,
-    },
-    /// Reading a chunk back from the target for verification failed at guest `offset`.
-    #[error("read-back error in the target at guest offset {offset:#x}: {source}")]
-    ReadBack {
-        /// Guest offset.
-        offset: u64,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// The kernel could not write part of the target back to the disk: found by the
-    /// write-behind of a buffered copy ([`crate::writeback`]; which range is not known) or
-    /// by an `fsync` of the target (the message names it).
-    #[error("writing the target back to disk failed: {0}")]
-    Writeback(io::Error),
-    /// The cancel flag was raised; stopped at a chunk boundary.
-    #[error("cancelled")]
-    Cancelled,
-    /// A [`CopyHooks::on_chunk`] callback failed (e.g. the checkpoint could not be made
-    /// durable); the message is the callback's, one line.
-    #[error("{0}")]
-    Hook(String),
-}
-
-impl CopyError {
-    /// A read error at `offset`.
-    pub fn read(offset: u64, source: io::Error) -> Self {
-        CopyError::Read { offset, source }
-    }
-
-    /// A write error at `offset`.
-    pub fn write(offset: u64, source: io::Error) -> Self {
-        CopyError::Write { offset, source }
-    }
-
-    /// A read-back error at `offset`.
-    pub fn read_back(offset: u64, source: io::Error) -> Self {
-        CopyError::ReadBack { offset, source }
-    }
-
-    /// The target ran out of space (ENOSPC) or quota (EDQUOT), while writing or writing back.
-    pub fn is_no_space(&self) -> bool {
-        let source = match self {
-            CopyError::Write { source, .. } | CopyError::Writeback(source) => source,
-            _ => return false,
-        };
-        // By kind, not errno: a checkpoint's fsync error keeps its kind under its message.
-        matches!(
-            source.kind(),
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-        )
-    }
-}
-
-/// Progress counters shared with whoever draws the progress bar. All values are bytes.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Guest bytes the current pass must process (data chunks).
-    pub total: AtomicU64,
-    /// Guest bytes processed so far in the current pass.
-    pub done: AtomicU64,
-    /// Bytes written to the target as data.
-    pub copied: AtomicU64,
-    /// Bytes not written because they were zero.
-    pub skipped: AtomicU64,
-}
-
-impl Counters {
-    /// Adds processed bytes.
-    pub fn add_done(&self, n: u64) {
-        self.done.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Starts a new pass of `total` bytes.
-    pub fn start_pass(&self, total: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        self.done.store(0, Ordering::Relaxed);
-    }
-}
+// The engine's building blocks, at the paths other crates have always used.
+pub use crate::chunk::fill_chunk;
+pub use crate::error::CopyError;
+pub use crate::io::buf_index;
+pub use crate::progress::Counters;
+pub use crate::workers::for_each_unit;
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -235,34 +144,28 @@ pub fn copy_image_with(
     let started = Instant::now();
     let size = source.virtual_size();
     let need_zero_writes = !opts.target_is_zero;
-    let zero_in_chunks = need_zero_writes || hooks.chunks_not_zero;
     let units = plan_units(extents, opts.chunk, need_zero_writes);
-    let work: Vec<Unit> = match hooks.skip {
-        Some(skip) => units
-            .iter()
-            .copied()
-            .filter(|u| !matches!(u, Unit::Chunk(i) if skip.contains(i)))
-            .collect(),
-        None => units.clone(),
-    };
-    let chunk_bytes: u64 = work
-        .iter()
-        .map(|u| match u {
-            Unit::Chunk(i) => opts.chunk.min(size - i * opts.chunk),
-            Unit::Zero { .. } => 0,
-        })
-        .sum();
+    let (work, chunk_bytes) = pass_work(&units, hooks.skip, opts.chunk, size);
     counters.start_pass(chunk_bytes);
-    let digest = opts.hash.then(|| SparseDigest::new(size));
-    let throttle = match hooks.rate {
-        Some(limit) => Throttle::live(limit),
-        None => Throttle::new(opts.bwlimit),
+    let run = ChunkCopy {
+        extents,
+        target,
+        opts,
+        hooks,
+        cancel,
+        counters,
+        zero_in_chunks: need_zero_writes || hooks.chunks_not_zero,
+        digest: opts.hash.then(|| SparseDigest::new(size)),
+        throttle: match hooks.rate {
+            Some(limit) => Throttle::live(limit),
+            None => Throttle::new(opts.bwlimit),
+        },
+        fast: FastSource::new(source, opts.direct || crate::io::direct_reads_requested())
+            .releasing_behind(opts.threads),
+        // One chunk per worker in writeback: enough to keep the disk busy (2 GiB raw→raw:
+        // 1, 4, 8 and 16 measured alike; README, "Performance").
+        behind: WriteBehind::new(target, opts.threads, !opts.direct),
     };
-    let fast = FastSource::new(source, opts.direct || crate::io::direct_reads_requested())
-        .releasing_behind(opts.threads);
-    // One chunk per worker in writeback: enough to keep the disk busy (2 GiB raw→raw:
-    // 1, 4, 8 and 16 measured alike; README, "Performance").
-    let behind = WriteBehind::new(target, opts.threads, !opts.direct);
     let copied = for_each_unit(
         &work,
         opts.threads,
@@ -270,125 +173,181 @@ pub fn copy_image_with(
         size,
         cancel,
         |unit, buf| match unit {
-            Unit::Zero { offset, len, .. } => {
-                target
-                    .write_zeroes(offset, len)
-                    .map_err(|e| CopyError::write(offset, e))?;
-                Ok(())
-            }
-            Unit::Chunk(idx) => {
-                let start = idx * opts.chunk;
-                let pieces = fill_pieces(extents, start, buf, |dst, off| fast.read_at(dst, off))?;
-                fast.done_reading(start, buf.len() as u64);
-                // Wait before writing, so a limited copy never bursts ahead of its rate.
-                let data_read: u64 = pieces
-                    .iter()
-                    .filter(|p| p.kind == ExtentKind::Data)
-                    .map(|p| p.len)
-                    .sum();
-                throttle.take(data_read, cancel);
-                let mut written = 0u64;
-                for p in &pieces {
-                    let at = buf_index(p.offset - start);
-                    let data = &buf[at..at + buf_index(p.len)];
-                    match p.kind {
-                        ExtentKind::Data => {
-                            for (zero, s, n) in zero_runs(data, opts.zero_granularity) {
-                                let off = p.offset + s as u64;
-                                if zero {
-                                    if zero_in_chunks || opts.shallow {
-                                        target
-                                            .write_zeroes(off, n as u64)
-                                            .map_err(|e| CopyError::write(off, e))?;
-                                    }
-                                    counters.skipped.fetch_add(n as u64, Ordering::Relaxed);
-                                } else {
-                                    target
-                                        .write_at(&data[s..s + n], off)
-                                        .map_err(|e| CopyError::write(off, e))?;
-                                    counters.copied.fetch_add(n as u64, Ordering::Relaxed);
-                                    written += n as u64;
-                                }
-                            }
-                        }
-                        ExtentKind::Zero | ExtentKind::ExplicitZero => {
-                            if zero_in_chunks || p.kind == ExtentKind::ExplicitZero {
-                                target
-                                    .write_zeroes(p.offset, p.len)
-                                    .map_err(|e| CopyError::write(p.offset, e))?;
-                            }
-                            counters.skipped.fetch_add(p.len, Ordering::Relaxed);
-                        }
-                        ExtentKind::Backing => {}
-                    }
-                }
-                let len = buf.len() as u64;
-                // One hash pass over the source bytes serves the source digest, the journal
-                // and (when the read-back matches) the target digest.
-                let blocks =
-                    if digest.is_some() || hooks.on_chunk.is_some() || hooks.read_back.is_some() {
-                        block_hashes(start, buf)
-                    } else {
-                        Vec::new()
-                    };
-                if let Some(d) = &digest {
-                    d.extend(&blocks);
-                }
-                if let Some(rb) = hooks.read_back {
-                    rb.chunk(idx, buf, &blocks)?;
-                }
-                behind.chunk_done(start, len)?;
-                if let Some(cb) = hooks.on_chunk {
-                    cb(ChunkDone {
-                        index: idx,
-                        offset: start,
-                        len,
-                        bytes: written,
-                        digest: chunk_digest_of(&blocks, len),
-                    })?;
-                }
-                counters.add_done(len);
-                Ok(())
-            }
+            Unit::Zero { offset, len, .. } => target
+                .write_zeroes(offset, len)
+                .map_err(|e| CopyError::write(offset, e)),
+            Unit::Chunk(idx) => run.chunk(idx, buf),
         },
     );
-    fast.release_all();
-    let finished = behind.finish();
+    run.fast.release_all();
+    let finished = run.behind.finish();
     copied?;
     finished?;
     // Zero extents outside data chunks were skipped too, written or not.
-    let zero_total: u64 = extents
-        .iter()
-        .filter(|e| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero))
-        .map(|e| e.len)
-        .sum();
-    let in_chunks_zero: u64 = units
-        .iter()
-        .filter_map(|u| match u {
-            Unit::Chunk(i) => Some(
-                clip(
-                    extents,
-                    i * opts.chunk,
-                    (i * opts.chunk + opts.chunk).min(size),
-                )
-                .iter()
-                .filter(|e| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero))
-                .map(|e| e.len)
-                .sum::<u64>(),
-            ),
-            Unit::Zero { .. } => None,
-        })
-        .sum();
-    counters
-        .skipped
-        .fetch_add(zero_total - in_chunks_zero, Ordering::Relaxed);
+    counters.skipped.fetch_add(
+        zero_outside_chunks(extents, &units, opts.chunk, size),
+        Ordering::Relaxed,
+    );
     Ok(CopyStats {
         bytes_copied: counters.copied.load(Ordering::Relaxed),
         bytes_skipped_zero: counters.skipped.load(Ordering::Relaxed),
         bytes_processed: chunk_bytes,
         elapsed: started.elapsed(),
-        source_digest: digest,
+        source_digest: run.digest,
     })
+}
+
+/// This pass's work: `units` less the data chunks in `skip`, and the guest bytes of the data
+/// chunks left (what the progress bar counts to).
+fn pass_work(
+    units: &[Unit],
+    skip: Option<&std::collections::HashSet<u64>>,
+    chunk: u64,
+    size: u64,
+) -> (Vec<Unit>, u64) {
+    let work: Vec<Unit> = match skip {
+        Some(skip) => units
+            .iter()
+            .copied()
+            .filter(|u| !matches!(u, Unit::Chunk(i) if skip.contains(i)))
+            .collect(),
+        None => units.to_vec(),
+    };
+    let chunk_bytes = work
+        .iter()
+        .map(|u| match u {
+            Unit::Chunk(i) => chunk.min(size - i * chunk),
+            Unit::Zero { .. } => 0,
+        })
+        .sum();
+    (work, chunk_bytes)
+}
+
+/// Bytes of the zero extents that lie outside every data chunk of `units`: the end-of-copy
+/// sweep counts them as skipped, since no worker saw them (written as zero ranges or not).
+fn zero_outside_chunks(extents: &[Extent], units: &[Unit], chunk: u64, size: u64) -> u64 {
+    let is_zero = |e: &Extent| matches!(e.kind, ExtentKind::Zero | ExtentKind::ExplicitZero);
+    let zero_total: u64 = extents.iter().filter(|e| is_zero(e)).map(|e| e.len).sum();
+    let in_chunks_zero: u64 = units
+        .iter()
+        .filter_map(|u| match u {
+            Unit::Chunk(i) => Some(
+                clip(extents, i * chunk, (i * chunk + chunk).min(size))
+                    .iter()
+                    .filter(|e| is_zero(e))
+                    .map(|e| e.len)
+                    .sum::<u64>(),
+            ),
+            Unit::Zero { .. } => None,
+        })
+        .sum();
+    zero_total - in_chunks_zero
+}
+
+/// What the workers of one [`copy_image_with`] share: set up once, borrowed by every chunk.
+struct ChunkCopy<'a, 'h> {
+    extents: &'a [Extent],
+    target: &'a TargetImage,
+    opts: &'a CopyOptions,
+    hooks: &'a CopyHooks<'h>,
+    cancel: &'a AtomicBool,
+    counters: &'a Counters,
+    /// Zero runs inside data chunks must be written (the target may hold stale bytes).
+    zero_in_chunks: bool,
+    digest: Option<SparseDigest>,
+    throttle: Throttle<'h>,
+    fast: FastSource<'a>,
+    behind: WriteBehind<'a>,
+}
+
+impl ChunkCopy<'_, '_> {
+    /// Copies data chunk `idx` through `buf` (its length): read, throttle, write, hash,
+    /// verify, hand to write-behind, report to the hook.
+    fn chunk(&self, idx: u64, buf: &mut [u8]) -> Result<(), CopyError> {
+        let start = idx * self.opts.chunk;
+        let fast = &self.fast;
+        let pieces = fill_pieces(self.extents, start, buf, |dst, off| fast.read_at(dst, off))?;
+        fast.done_reading(start, buf.len() as u64);
+        // Wait before writing, so a limited copy never bursts ahead of its rate.
+        let data_read: u64 = pieces
+            .iter()
+            .filter(|p| p.kind == ExtentKind::Data)
+            .map(|p| p.len)
+            .sum();
+        self.throttle.take(data_read, self.cancel);
+        let written = self.write_pieces(&pieces, start, buf)?;
+        let len = buf.len() as u64;
+        let hooks = self.hooks;
+        // One hash pass over the source bytes serves the source digest, the journal
+        // and (when the read-back matches) the target digest.
+        let blocks =
+            if self.digest.is_some() || hooks.on_chunk.is_some() || hooks.read_back.is_some() {
+                block_hashes(start, buf)
+            } else {
+                Vec::new()
+            };
+        if let Some(d) = &self.digest {
+            d.extend(&blocks);
+        }
+        if let Some(rb) = hooks.read_back {
+            rb.chunk(idx, buf, &blocks)?;
+        }
+        self.behind.chunk_done(start, len)?;
+        if let Some(cb) = hooks.on_chunk {
+            cb(ChunkDone {
+                index: idx,
+                offset: start,
+                len,
+                bytes: written,
+                digest: chunk_digest_of(&blocks, len),
+            })?;
+        }
+        self.counters.add_done(len);
+        Ok(())
+    }
+
+    /// Writes the `pieces` of the chunk at `start` from `buf` (its guest bytes): non-zero runs
+    /// of data as data, zero runs and zero pieces as zeroes where the target needs them.
+    /// Returns the bytes written as data.
+    fn write_pieces(&self, pieces: &[Extent], start: u64, buf: &[u8]) -> Result<u64, CopyError> {
+        let (target, opts, counters) = (self.target, self.opts, self.counters);
+        let mut written = 0u64;
+        for p in pieces {
+            let at = buf_index(p.offset - start);
+            let data = &buf[at..at + buf_index(p.len)];
+            match p.kind {
+                ExtentKind::Data => {
+                    for (zero, s, n) in zero_runs(data, opts.zero_granularity) {
+                        let off = p.offset + s as u64;
+                        if zero {
+                            if self.zero_in_chunks || opts.shallow {
+                                target
+                                    .write_zeroes(off, n as u64)
+                                    .map_err(|e| CopyError::write(off, e))?;
+                            }
+                            counters.skipped.fetch_add(n as u64, Ordering::Relaxed);
+                        } else {
+                            target
+                                .write_at(&data[s..s + n], off)
+                                .map_err(|e| CopyError::write(off, e))?;
+                            counters.copied.fetch_add(n as u64, Ordering::Relaxed);
+                            written += n as u64;
+                        }
+                    }
+                }
+                ExtentKind::Zero | ExtentKind::ExplicitZero => {
+                    if self.zero_in_chunks || p.kind == ExtentKind::ExplicitZero {
+                        target
+                            .write_zeroes(p.offset, p.len)
+                            .map_err(|e| CopyError::write(p.offset, e))?;
+                    }
+                    counters.skipped.fetch_add(p.len, Ordering::Relaxed);
+                }
+                ExtentKind::Backing => {}
+            }
+        }
+        Ok(written)
+    }
 }
 
 /// Copy workers when the user names none: the copy is I/O-bound, so there are more workers
@@ -397,104 +356,4 @@ pub fn copy_image_with(
 pub fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     (cpus * 2).clamp(8, 16)
-}
-
-/// An offset or length inside one chunk buffer as an index. Chunk buffers are allocated in
-/// memory, so their offsets always fit in `usize`.
-pub fn buf_index(v: u64) -> usize {
-    usize::try_from(v).expect("offset inside an in-memory chunk buffer")
-}
-
-/// Fills `buf` with the guest bytes of the chunk at `start`: data pieces are read, zero
-/// pieces zero-filled; backing pieces are left as they are (shallow copies do not use them).
-/// Returns the pieces. Reads go through `source` (`O_DIRECT` where it was enabled and `buf`
-/// is page-aligned, e.g. an [`crate::io::AlignedBuf`]).
-///
-/// # Errors
-/// [`CopyError::Read`] with the offset of the failed read.
-pub fn fill_chunk(
-    source: &FastSource<'_>,
-    extents: &[Extent],
-    start: u64,
-    buf: &mut [u8],
-) -> Result<Vec<Extent>, CopyError> {
-    fill_pieces(extents, start, buf, |dst, off| source.read_at(dst, off))
-}
-
-/// [`fill_chunk`] with the data reads done by `read`.
-pub(crate) fn fill_pieces(
-    extents: &[Extent],
-    start: u64,
-    buf: &mut [u8],
-    read: impl Fn(&mut [u8], u64) -> io::Result<()>,
-) -> Result<Vec<Extent>, CopyError> {
-    let end = start + buf.len() as u64;
-    let pieces = clip(extents, start, end);
-    for p in &pieces {
-        let at = buf_index(p.offset - start);
-        let dst = &mut buf[at..at + buf_index(p.len)];
-        match p.kind {
-            ExtentKind::Data => read(dst, p.offset).map_err(|e| CopyError::read(p.offset, e))?,
-            _ => dst.fill(0),
-        }
-    }
-    Ok(pieces)
-}
-
-/// Runs `work` over `units` on `threads` scoped threads, in order of index, each thread with
-/// its own chunk buffer (resized to the unit's length for chunks). Stops at the first error
-/// or when `cancel` is raised.
-///
-/// # Errors
-/// The first error any worker returned, or [`CopyError::Cancelled`].
-pub fn for_each_unit<F>(
-    units: &[Unit],
-    threads: usize,
-    chunk: u64,
-    size: u64,
-    cancel: &AtomicBool,
-    work: F,
-) -> Result<(), CopyError>
-where
-    F: Fn(Unit, &mut [u8]) -> Result<(), CopyError> + Sync,
-{
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<CopyError>> = Mutex::new(None);
-    let chunk_len = usize::try_from(chunk).expect("chunk fits in memory");
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                let mut aligned = AlignedBuf::new(chunk_len);
-                let buf = aligned.as_mut_slice();
-                loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if cancel.load(Ordering::Relaxed) {
-                        failed.store(true, Ordering::Relaxed);
-                        let mut e = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        e.get_or_insert(CopyError::Cancelled);
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&unit) = units.get(i) else { return };
-                    let len = match unit {
-                        Unit::Chunk(idx) => buf_index(chunk.min(size - idx * chunk)),
-                        Unit::Zero { .. } => 0,
-                    };
-                    if let Err(err) = work(unit, &mut buf[..len]) {
-                        failed.store(true, Ordering::Relaxed);
-                        let mut e = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        e.get_or_insert(err);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }

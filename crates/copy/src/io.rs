@@ -6,7 +6,7 @@
 //! `O_DIRECT`, or a request is not aligned, or a cluster is compressed, the read goes through
 //! [`ImageReader::read_at`] as before. The data read is the same either way.
 //!
-//! `O_DIRECT` is opt-in: `--io direct` ([`crate::engine::CopyOptions::direct`]) for source
+//! `O_DIRECT` is opt-in: `--io direct` (the copy options' `direct` flag) for source
 //! reads, target writes and verification reads together, or [`DIRECT_READS_ENV`] for source
 //! reads alone. Buffered stays the default: on the virtio disk the engine is benchmarked on
 //! (`scripts/bench.sh`) a verified buffered copy was faster, while direct I/O used a fifth
@@ -35,6 +35,12 @@ pub fn direct_reads_requested() -> bool {
 /// Alignment of chunk buffers, offsets and lengths for `O_DIRECT`, bytes (the page size,
 /// a multiple of every logical block size in use).
 pub const DIRECT_ALIGN: usize = 4096;
+
+/// An offset or length inside one chunk buffer as an index. Chunk buffers are allocated in
+/// memory, so their offsets always fit in `usize`.
+pub fn buf_index(v: u64) -> usize {
+    usize::try_from(v).expect("offset inside an in-memory chunk buffer")
+}
 
 /// A zero-filled byte buffer whose start is aligned to [`DIRECT_ALIGN`]. Safe code only: it
 /// over-allocates by one alignment unit and exposes the aligned window.
@@ -349,7 +355,7 @@ impl<'a> FastSource<'a> {
                     let rest = &mut buf[pos..];
                     let goff = offset + pos as u64;
                     let (mapping, n) = image.get_mapping(goff, rest.len() as u64)?;
-                    let n = crate::engine::buf_index(n.min(rest.len() as u64));
+                    let n = buf_index(n.min(rest.len() as u64));
                     if n == 0 {
                         // Past the end of every layer: reads as zero.
                         rest.fill(0);

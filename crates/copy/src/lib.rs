@@ -9,14 +9,23 @@
 //! - [`io`]: aligned buffers, `O_DIRECT` source reads, dropping source pages once read.
 //! - [`throttle`]: the bandwidth limit, fixed or following a [`vmshift_core::RateLimit`].
 //! - [`writeback`]: write-behind, so a buffered copy's target pages never pile up.
+//!
+//! [`engine`] sits on top and no module below it imports it: what they share with it (the
+//! error type, the progress counters, filling a chunk buffer, the worker pool) lives in
+//! private files below it (`error`, `progress`, `chunk`, `workers`), re-exported from
+//! [`engine`] and here at the paths callers use.
 
+mod chunk;
 pub mod digest;
 pub mod engine;
+mod error;
 pub mod io;
 pub mod plan;
+mod progress;
 pub mod readback;
 pub mod repair;
 pub mod throttle;
+mod workers;
 pub mod writeback;
 pub mod zero;
 

@@ -20,8 +20,9 @@
 //! ([`crate::plan::plan_units`]).
 
 use crate::digest::{digest_image_with, BlockHash, SparseDigest, DIGEST_BLOCK};
-use crate::engine::{buf_index, CopyError, Counters};
-use crate::io::AlignedBuf;
+use crate::error::CopyError;
+use crate::io::{buf_index, AlignedBuf};
+use crate::progress::Counters;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;

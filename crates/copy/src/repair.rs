@@ -3,9 +3,10 @@
 //! region altered outside the sample resume reads) are copied again from the source, and
 //! only those.
 
-use crate::chunk_digest;
-use crate::engine::{buf_index, fill_chunk, CopyError};
-use crate::io::{AlignedBuf, FastSource};
+use crate::chunk::fill_chunk;
+use crate::digest::chunk_digest;
+use crate::error::CopyError;
+use crate::io::{buf_index, AlignedBuf, FastSource};
 use vmshift_core::Extent;
 use vmshift_image::{ImageReader, TargetImage};
 

@@ -15,7 +15,7 @@
 //! caller's `fsync` of the target (journal checkpoints, the final sync) still sees the
 //! error too: the kernel reports a writeback error once per open file description.
 
-use crate::engine::CopyError;
+use crate::error::CopyError;
 use crate::io::{for_each_file_range, widened, Lag};
 use std::fs::File;
 use std::io;

@@ -1,0 +1,29 @@
+//! Progress counters, shared between the copy's workers and whoever draws the progress bar.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Progress counters shared with whoever draws the progress bar. All values are bytes.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Guest bytes the current pass must process (data chunks).
+    pub total: AtomicU64,
+    /// Guest bytes processed so far in the current pass.
+    pub done: AtomicU64,
+    /// Bytes written to the target as data.
+    pub copied: AtomicU64,
+    /// Bytes not written because they were zero.
+    pub skipped: AtomicU64,
+}
+
+impl Counters {
+    /// Adds processed bytes.
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Starts a new pass of `total` bytes.
+    pub fn start_pass(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+    }
+}
