@@ -29,7 +29,7 @@ fn main() {
     match run(&cli.command) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("vmshift: error: {e:#}");
+            eprintln!("vmshift: error: {}", one_line(&e));
             std::process::exit(2);
         }
     }
@@ -58,7 +58,7 @@ fn run(command: &Command) -> anyhow::Result<i32> {
         Command::Demo { json, offline_only } => {
             let outcome = render::follow(runner.demo(*offline_only)?, *json)?;
             if !json {
-                if let Some(r) = &outcome.report {
+                for r in &outcome.reports {
                     println!("{}", r.to_markdown());
                 }
             }
@@ -113,4 +113,17 @@ fn check(runner: &Runner, args: &MigrateArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(if go { 0 } else { 2 })
+}
+
+/// The error and those of its causes its message does not already say, in one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

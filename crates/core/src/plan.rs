@@ -193,12 +193,53 @@ impl Plan {
 pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
     let mut problems = src.problems.clone();
     let mut notes = src.notes.clone();
+    let shape = target_shape(src, opts, &mut problems, &mut notes);
+    let (bytes_to_copy, target_bytes) = capacity(src, &shape);
+    capacity_notes(src, target_bytes, &mut notes);
+    let crash_consistent = lock_decision(src, opts, &mut problems, &mut notes);
+    destination_problems(dst, opts, &shape, &mut problems);
+    let free_bytes = space_problem(dst, target_bytes, &mut problems);
+
+    Plan {
+        target_path: dst.target_path.clone(),
+        target_format: shape.format,
+        bytes_to_copy,
+        target_bytes,
+        free_bytes,
+        target_virtual_size: shape.virtual_size,
+        backing: shape.backing.into(),
+        preallocate: src.thick,
+        crash_consistent,
+        problems,
+        notes,
+        warnings: Vec::new(),
+    }
+}
+
+/// The target's format, backing and virtual size, as [`target_shape`] decided them.
+struct TargetShape {
+    format: TargetFormat,
+    /// The backing chain is kept (only the top layer is copied).
+    keep: bool,
+    /// `flattened`, `kept` or `none`.
+    backing: &'static str,
+    /// Guest-visible bytes of the target.
+    virtual_size: u64,
+}
+
+/// Format, backing and virtual size of the target, with the problems and notes they raise.
+fn target_shape(
+    src: &SourceFacts,
+    opts: &PlanOptions,
+    problems: &mut Vec<Problem>,
+    notes: &mut Vec<String>,
+) -> TargetShape {
     let source_format = if src.format == "qcow2" {
         TargetFormat::Qcow2
     } else {
         TargetFormat::Raw
     };
-    let target_format = opts.target_format.unwrap_or(source_format);
+    let format = opts.target_format.unwrap_or(source_format);
     let has_chain = !src.backing_chain.is_empty();
     let keep = opts.keep_backing && has_chain;
     let backing = match (has_chain, keep) {
@@ -210,7 +251,7 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
         notes
             .push("--keep-backing given but the image has no backing file: nothing to keep".into());
     }
-    if keep && target_format == TargetFormat::Raw {
+    if keep && format == TargetFormat::Raw {
         problems.push(Problem::new(
             "keep_backing_raw",
             "--keep-backing needs a qcow2 target: a raw image cannot refer to a backing file",
@@ -219,39 +260,54 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
     }
 
     // Virtual size: raw keeps every byte; qcow2 rounds up to 512 like QEMU.
-    let target_virtual_size = match target_format {
+    let virtual_size = match format {
         TargetFormat::Raw => src.virtual_size,
         TargetFormat::Qcow2 => round_up(src.virtual_size, 512),
     };
-    if target_virtual_size != src.virtual_size {
+    if virtual_size != src.virtual_size {
         notes.push(format!(
             "virtual size rounded up from {} to {} bytes: qcow2 sizes are multiples of 512; the extra {} bytes read as zeroes",
             src.virtual_size,
-            target_virtual_size,
-            target_virtual_size - src.virtual_size
+            virtual_size,
+            virtual_size - src.virtual_size
         ));
     }
+    TargetShape {
+        format,
+        keep,
+        backing,
+        virtual_size,
+    }
+}
 
-    let bytes_to_copy = if keep {
+/// `(bytes_to_copy, target_bytes)`: guest data bytes the copy reads, and an upper bound of
+/// what the target allocates, metadata included.
+fn capacity(src: &SourceFacts, shape: &TargetShape) -> (u64, u64) {
+    let bytes_to_copy = if shape.keep {
         src.top_data_bytes
     } else {
         src.data_bytes
     };
     let cluster = src.cluster_size.unwrap_or(65536).clamp(512, 2 << 20);
     let preallocate = src.thick;
-    let target_bytes = match target_format {
-        TargetFormat::Raw if preallocate => target_virtual_size,
+    let target_bytes = match shape.format {
+        TargetFormat::Raw if preallocate => shape.virtual_size,
         TargetFormat::Raw => bytes_to_copy,
         TargetFormat::Qcow2 if preallocate => {
-            qcow2_fully_allocated_bytes(target_virtual_size, cluster)
+            qcow2_fully_allocated_bytes(shape.virtual_size, cluster)
         }
         TargetFormat::Qcow2 => qcow2_required_bytes(
-            target_virtual_size,
+            shape.virtual_size,
             round_up(bytes_to_copy, cluster),
             src.data_extents,
             cluster,
         ),
     };
+    (bytes_to_copy, target_bytes)
+}
+
+/// Notes on how the target's allocation differs from the source's (compression, thickness).
+fn capacity_notes(src: &SourceFacts, target_bytes: u64, notes: &mut Vec<String>) {
     if src.has_compressed_clusters {
         notes.push(format!(
             "compression is not kept: compressed clusters are written uncompressed ({} on the source may need up to {} at the destination)",
@@ -259,42 +315,63 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
             format_bytes(target_bytes)
         ));
     }
-    if preallocate {
+    if src.thick {
         notes.push("the source is fully allocated (thick): the target is preallocated too (preallocation=falloc)".into());
     }
+}
 
-    let crash_consistent = match &src.lock {
-        LockState::Free => false,
-        LockState::Held { pids, names } => {
-            if opts.force_share {
-                notes.push("the image is in use by a running VM: --force-share copies it anyway, so the copy is only crash-consistent".into());
-                true
-            } else {
-                let holder = if pids.is_empty() {
-                    "a running QEMU".to_string()
-                } else {
-                    pids.iter()
-                        .zip(names.iter().chain(std::iter::repeat(&String::new())))
-                        .map(|(p, n)| {
-                            if n.is_empty() {
-                                format!("pid {p}")
-                            } else {
-                                format!("{n} (pid {p})")
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                problems.push(Problem::new(
-                    "in_use",
-                    format!("{} is in use by a running VM: {holder} holds its image lock", src.path),
-                    "shut the VM down, use live mode (vmshift migrate --qmp SOCKET), or pass --force-share for a crash-consistent copy",
-                ));
-                false
-            }
-        }
+/// Whether the copy is only crash-consistent; a held lock without `--force-share` refuses.
+fn lock_decision(
+    src: &SourceFacts,
+    opts: &PlanOptions,
+    problems: &mut Vec<Problem>,
+    notes: &mut Vec<String>,
+) -> bool {
+    let LockState::Held { pids, names } = &src.lock else {
+        return false;
     };
+    if opts.force_share {
+        notes.push("the image is in use by a running VM: --force-share copies it anyway, so the copy is only crash-consistent".into());
+        return true;
+    }
+    problems.push(Problem::new(
+        "in_use",
+        format!(
+            "{} is in use by a running VM: {} holds its image lock",
+            src.path,
+            lock_holder(pids, names)
+        ),
+        "shut the VM down, use live mode (vmshift migrate --qmp SOCKET), or pass --force-share for a crash-consistent copy",
+    ));
+    false
+}
 
+/// `qemu (pid 12), pid 13`, or `a running QEMU` when no pid could be found.
+fn lock_holder(pids: &[u32], names: &[String]) -> String {
+    if pids.is_empty() {
+        return "a running QEMU".to_string();
+    }
+    pids.iter()
+        .zip(names.iter().chain(std::iter::repeat(&String::new())))
+        .map(|(p, n)| {
+            if n.is_empty() {
+                format!("pid {p}")
+            } else {
+                format!("{n} (pid {p})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Problems with the destination path itself: missing or read-only directory, the source
+/// as target, an existing target, a raw file the filesystem cannot hold.
+fn destination_problems(
+    dst: &DestFacts,
+    opts: &PlanOptions,
+    shape: &TargetShape,
+    problems: &mut Vec<Problem>,
+) {
     if !dst.dir_exists {
         problems.push(Problem::new(
             "dest_missing",
@@ -327,17 +404,22 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
             "pass --overwrite to replace it; the old file is replaced only after the copy is verified",
         ));
     }
-    if target_format == TargetFormat::Raw && dst.file_too_large == Some(true) {
+    if shape.format == TargetFormat::Raw && dst.file_too_large == Some(true) {
         problems.push(Problem::new(
             "file_too_large",
             format!(
                 "a raw target of {} bytes ({}) is larger than the destination filesystem's maximum file size",
-                target_virtual_size,
-                format_bytes(target_virtual_size)
+                shape.virtual_size,
+                format_bytes(shape.virtual_size)
             ),
             "use --format qcow2, or a filesystem with larger files (XFS, btrfs)",
         ));
     }
+}
+
+/// Bytes free at the destination (a resumed partial's included); refuses when the target's
+/// `target_bytes` do not fit.
+fn space_problem(dst: &DestFacts, target_bytes: u64, problems: &mut Vec<Problem>) -> u64 {
     // The old target is replaced only after the new one is verified, so both coexist.
     let free_bytes = dst.free_bytes.saturating_add(dst.resumed_partial_bytes);
     if dst.dir_exists && target_bytes > free_bytes {
@@ -371,21 +453,7 @@ pub fn decide(src: &SourceFacts, dst: &DestFacts, opts: &PlanOptions) -> Plan {
             },
         ));
     }
-
-    Plan {
-        target_path: dst.target_path.clone(),
-        target_format,
-        bytes_to_copy,
-        target_bytes,
-        free_bytes,
-        target_virtual_size,
-        backing: backing.into(),
-        preallocate,
-        crash_consistent,
-        problems,
-        notes,
-        warnings: Vec::new(),
-    }
+    free_bytes
 }
 
 #[cfg(test)]

@@ -212,6 +212,18 @@ impl Report {
     /// Renders the report as Markdown for people.
     pub fn to_markdown(&self) -> String {
         let mut md = String::new();
+        self.write_heading(&mut md);
+        self.write_sides(&mut md);
+        self.write_copy_summary(&mut md);
+        self.write_verification(&mut md);
+        self.write_disks(&mut md);
+        self.write_phases(&mut md);
+        self.write_lists(&mut md);
+        md
+    }
+
+    /// Title, status and the error, if any.
+    fn write_heading(&self, md: &mut String) {
         let kind = match self.kind {
             JobKind::Offline => "offline",
             JobKind::Live => "live",
@@ -221,6 +233,10 @@ impl Report {
         if let Some(e) = &self.error {
             let _ = writeln!(md, "Error in phase `{}`: {}\n", e.phase, e.message);
         }
+    }
+
+    /// The source/destination table.
+    fn write_sides(&self, md: &mut String) {
         let _ = writeln!(md, "| | source | destination |\n|---|---|---|");
         let _ = writeln!(
             md,
@@ -252,6 +268,10 @@ impl Report {
             chain_cell(&self.source.backing_chain),
             chain_cell(&self.destination.backing_chain)
         );
+    }
+
+    /// One paragraph: bytes copied, skipped and reused, speed, backing, consistency.
+    fn write_copy_summary(&self, md: &mut String) {
         let _ = writeln!(
             md,
             "Copied {} as data, skipped {} of zeroes/holes{}, at {}/s. Backing: {}. Consistency: {}.\n",
@@ -266,6 +286,10 @@ impl Report {
             self.backing,
             self.consistency
         );
+    }
+
+    /// The verification result, digests and first mismatch.
+    fn write_verification(&self, md: &mut String) {
         let v = &self.verification;
         let _ = writeln!(
             md,
@@ -291,6 +315,10 @@ impl Report {
         if let Some(off) = v.first_mismatch_offset {
             let _ = writeln!(md, "\nFirst difference at guest offset {off:#x}.");
         }
+    }
+
+    /// The live job's disks, when there are any.
+    fn write_disks(&self, md: &mut String) {
         if !self.disks.is_empty() {
             let _ = writeln!(
                 md,
@@ -310,6 +338,10 @@ impl Report {
                 );
             }
         }
+    }
+
+    /// Phase timings and bandwidth changes.
+    fn write_phases(&self, md: &mut String) {
         let _ = writeln!(md, "\n## Phases\n\n| phase | started | ms |\n|---|---|---|");
         for p in &self.phases {
             let _ = writeln!(md, "| {} | {} | {} |", p.name, p.started_at, p.duration_ms);
@@ -325,6 +357,10 @@ impl Report {
                 let _ = writeln!(md, "| {} | {limit} |", c.at);
             }
         }
+    }
+
+    /// Notes, warnings and references to update, each list only when not empty.
+    fn write_lists(&self, md: &mut String) {
         for (title, items) in [
             ("Notes", &self.notes),
             ("Warnings", &self.warnings),
@@ -337,7 +373,6 @@ impl Report {
                 }
             }
         }
-        md
     }
 }
 

@@ -127,83 +127,12 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
     }
     let mut format = match opts.top_format {
         Some(f) => f,
-        None => {
-            let head = read_head(&path)?;
-            let detected = detect_format(&head);
-            crate::gate::check_name_agrees(&path, detected)?;
-            match detected {
-                DetectedFormat::Qcow2 => LayerFormat::Qcow2,
-                DetectedFormat::Raw => LayerFormat::Raw,
-                DetectedFormat::Other(name) => {
-                    return Err(ImageError::new(
-                        "unsupported_format",
-                        &path,
-                        format!("is a {name} image, which vmshift does not copy"),
-                        if name.starts_with("luks") {
-                            "it is encrypted: unlock it with cryptsetup, or move the file as it is with the VM off"
-                        } else {
-                            "convert it first with qemu-img convert -O qcow2, then migrate the result"
-                        },
-                    ))
-                }
-            }
-        }
+        None => detect_top_format(&path)?,
     };
     loop {
-        let meta = std::fs::metadata(&path).map_err(|e| {
-            let (code, hint) = if recorded.is_some() {
-                (
-                    "backing_missing",
-                    "restore the backing file or rebase the image (qemu-img rebase)",
-                )
-            } else {
-                ("unreadable", "check the path and permissions")
-            };
-            ImageError::new(code, &path, format!("cannot be opened: {e}"), hint)
-        })?;
-        if !meta.is_file() && !meta.file_type().is_block_device_like() {
-            return Err(ImageError::new(
-                "not_a_file",
-                &path,
-                "is not a regular file",
-                "name an image file",
-            ));
-        }
-        if !seen.insert((meta.dev(), meta.ino())) {
-            return Err(ImageError::new(
-                "backing_loop",
-                &path,
-                "appears twice in its own backing chain (a loop)",
-                "rebase the image onto the right base with qemu-img rebase -u",
-            ));
-        }
-        if layers.len() >= MAX_CHAIN_DEPTH {
-            return Err(ImageError::new(
-                "chain_too_deep",
-                &path,
-                format!("backing chain is deeper than {MAX_CHAIN_DEPTH} images"),
-                "commit or flatten the chain first",
-            ));
-        }
-        let header = match format {
-            LayerFormat::Raw => None,
-            LayerFormat::Qcow2 => {
-                let head = read_head(&path)?;
-                let stated = layers.is_empty() && opts.top_format.is_some();
-                Some(Qcow2Header::parse(&head).map_err(|e| {
-                    ImageError::new(
-                        "bad_header",
-                        &path,
-                        format!("has an invalid qcow2 header: {e}"),
-                        if stated {
-                            "check --source-format: the file may not be qcow2"
-                        } else {
-                            "the image is damaged; restore it from a backup"
-                        },
-                    )
-                })?)
-            }
-        };
+        let meta = layer_metadata(&path, recorded.is_some(), &mut seen, layers.len())?;
+        let stated = layers.is_empty() && opts.top_format.is_some();
+        let header = read_header(&path, format, stated)?;
         let next = header.as_ref().and_then(|h| {
             h.backing_file
                 .clone()
@@ -221,39 +150,143 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
         if !opts.follow_backing {
             break;
         }
-        check_backing_name(&path, &name)?;
-        // A format the operator stated (--backing-format) is never checked against the
-        // header; one the image recorded must match the backing file's own header.
-        let stated = fmt.is_none();
-        format = match fmt.as_deref() {
-            Some(f) => LayerFormat::from_name(f).ok_or_else(|| {
-                ImageError::new(
-                    "backing_format_unsupported",
-                    &path,
-                    format!("has backing file {name:?} in format {f:?}, which vmshift does not read"),
-                    "convert the backing file to qcow2 or raw first",
-                )
-            })?,
-            None => opts.backing_format.ok_or_else(|| {
-                ImageError::new(
-                    "backing_format_missing",
-                    &path,
-                    format!("does not record the format of its backing file {name:?}, and vmshift never guesses it"),
-                    "pass --backing-format raw|qcow2 if you know it, or record it with qemu-img rebase -u -b NAME -F FORMAT",
-                )
-            })?,
-        };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let next_path = if Path::new(&name).is_absolute() {
-            PathBuf::from(&name)
-        } else {
-            dir.join(&name)
-        };
-        crate::gate::check_backing_file(&path, &next_path, format, stated)?;
-        path = next_path;
+        (path, format) = backing_layer(&path, &name, fmt.as_deref(), opts)?;
         recorded = Some(name);
     }
     Ok(Chain { layers })
+}
+
+/// The top's format from its header (the operator stated none); other formats are refused.
+fn detect_top_format(path: &Path) -> Result<LayerFormat, ImageError> {
+    let head = read_head(path)?;
+    let detected = detect_format(&head);
+    crate::gate::check_name_agrees(path, detected)?;
+    match detected {
+        DetectedFormat::Qcow2 => Ok(LayerFormat::Qcow2),
+        DetectedFormat::Raw => Ok(LayerFormat::Raw),
+        DetectedFormat::Other(name) => Err(ImageError::new(
+            "unsupported_format",
+            path,
+            format!("is a {name} image, which vmshift does not copy"),
+            if name.starts_with("luks") {
+                "it is encrypted: unlock it with cryptsetup, or move the file as it is with the VM off"
+            } else {
+                "convert it first with qemu-img convert -O qcow2, then migrate the result"
+            },
+        )),
+    }
+}
+
+/// The layer's metadata, refusing a missing file, a non-file, a loop (`seen` holds the
+/// `(dev, ino)` of the layers above) and a chain deeper than [`MAX_CHAIN_DEPTH`].
+fn layer_metadata(
+    path: &Path,
+    is_backing: bool,
+    seen: &mut HashSet<(u64, u64)>,
+    depth: usize,
+) -> Result<std::fs::Metadata, ImageError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        let (code, hint) = if is_backing {
+            (
+                "backing_missing",
+                "restore the backing file or rebase the image (qemu-img rebase)",
+            )
+        } else {
+            ("unreadable", "check the path and permissions")
+        };
+        ImageError::new(code, path, format!("cannot be opened: {e}"), hint)
+    })?;
+    if !meta.is_file() && !meta.file_type().is_block_device_like() {
+        return Err(ImageError::new(
+            "not_a_file",
+            path,
+            "is not a regular file",
+            "name an image file",
+        ));
+    }
+    if !seen.insert((meta.dev(), meta.ino())) {
+        return Err(ImageError::new(
+            "backing_loop",
+            path,
+            "appears twice in its own backing chain (a loop)",
+            "rebase the image onto the right base with qemu-img rebase -u",
+        ));
+    }
+    if depth >= MAX_CHAIN_DEPTH {
+        return Err(ImageError::new(
+            "chain_too_deep",
+            path,
+            format!("backing chain is deeper than {MAX_CHAIN_DEPTH} images"),
+            "commit or flatten the chain first",
+        ));
+    }
+    Ok(meta)
+}
+
+/// The layer's qcow2 header (`None` for raw); `stated`: the operator named the format.
+fn read_header(
+    path: &Path,
+    format: LayerFormat,
+    stated: bool,
+) -> Result<Option<Qcow2Header>, ImageError> {
+    match format {
+        LayerFormat::Raw => Ok(None),
+        LayerFormat::Qcow2 => {
+            let head = read_head(path)?;
+            Qcow2Header::parse(&head).map(Some).map_err(|e| {
+                ImageError::new(
+                    "bad_header",
+                    path,
+                    format!("has an invalid qcow2 header: {e}"),
+                    if stated {
+                        "check --source-format: the file may not be qcow2"
+                    } else {
+                        "the image is damaged; restore it from a backup"
+                    },
+                )
+            })
+        }
+    }
+}
+
+/// Path and format of the backing file that `image` records as `name` (format `fmt`),
+/// after the name and the file passed their gates.
+fn backing_layer(
+    image: &Path,
+    name: &str,
+    fmt: Option<&str>,
+    opts: &ChainOptions,
+) -> Result<(PathBuf, LayerFormat), ImageError> {
+    check_backing_name(image, name)?;
+    // A format the operator stated (--backing-format) is never checked against the
+    // header; one the image recorded must match the backing file's own header.
+    let stated = fmt.is_none();
+    let format = match fmt {
+        Some(f) => LayerFormat::from_name(f).ok_or_else(|| {
+            ImageError::new(
+                "backing_format_unsupported",
+                image,
+                format!("has backing file {name:?} in format {f:?}, which vmshift does not read"),
+                "convert the backing file to qcow2 or raw first",
+            )
+        })?,
+        None => opts.backing_format.ok_or_else(|| {
+            ImageError::new(
+                "backing_format_missing",
+                image,
+                format!("does not record the format of its backing file {name:?}, and vmshift never guesses it"),
+                "pass --backing-format raw|qcow2 if you know it, or record it with qemu-img rebase -u -b NAME -F FORMAT",
+            )
+        })?,
+    };
+    let dir = image.parent().unwrap_or(Path::new("."));
+    let next_path = if Path::new(name).is_absolute() {
+        PathBuf::from(name)
+    } else {
+        dir.join(name)
+    };
+    crate::gate::check_backing_file(image, &next_path, format, stated)?;
+    Ok((next_path, format))
 }
 
 /// Refuses backing names that QEMU would not read as plain file names.

@@ -255,9 +255,17 @@ impl Qcow2Header {
             }
             h.backing_file = Some(string_at(buf, backing_offset, u64::from(backing_size))?);
         }
-        // Header extensions: (type u32, length u32, data padded to 8), ended by type 0.
+        h.parse_extensions(buf, ext_start)?;
+        Ok(h)
+    }
+
+    /// Reads the header extensions from `ext_start` (type u32, length u32, data padded to
+    /// 8, ended by type 0) into `self`; bounded by the first cluster and the buffer.
+    fn parse_extensions(&mut self, buf: &[u8], ext_start: usize) -> Result<(), HeaderError> {
+        let u32_at = |o: usize| be32(buf, o).ok_or(HeaderError::Truncated(o as u64));
+        let u64_at = |o: usize| be64(buf, o).ok_or(HeaderError::Truncated(o as u64));
         let mut off = ext_start;
-        let limit = (1usize << cluster_bits).min(buf.len());
+        let limit = (1usize << self.cluster_bits).min(buf.len());
         while off + 8 <= limit {
             let kind = u32_at(off)?;
             let len = u32_at(off + 4)? as usize;
@@ -272,10 +280,10 @@ impl Qcow2Header {
                 return Err(HeaderError::Truncated(data as u64));
             }
             match kind {
-                0xE279_2ACA => h.backing_format = Some(string_at(buf, data as u64, len as u64)?),
-                0x4441_5441 => h.data_file = Some(string_at(buf, data as u64, len as u64)?),
+                0xE279_2ACA => self.backing_format = Some(string_at(buf, data as u64, len as u64)?),
+                0x4441_5441 => self.data_file = Some(string_at(buf, data as u64, len as u64)?),
                 0x2385_2875 if len >= 24 => {
-                    h.bitmaps = Some(BitmapsExtension {
+                    self.bitmaps = Some(BitmapsExtension {
                         nb_bitmaps: u32_at(data)?,
                         directory_size: u64_at(data + 8)?,
                         directory_offset: u64_at(data + 16)?,
@@ -285,7 +293,7 @@ impl Qcow2Header {
             }
             off = next;
         }
-        Ok(h)
+        Ok(())
     }
 
     /// Cluster size in bytes.

@@ -1,8 +1,8 @@
 //! Inspection: everything `vmshift info` shows and the plan needs, gathered from the image
 //! headers, our table walk, `qemu-img check`, the lock bytes and block status.
 
-use crate::chain::{resolve_chain, Chain, ChainOptions, LayerFormat};
-use crate::header::{INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2};
+use crate::chain::{resolve_chain, Chain, ChainOptions, Layer, LayerFormat};
+use crate::header::{Qcow2Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2};
 use crate::integrity::check_qcow2;
 use crate::lock;
 use crate::reader::ImageReader;
@@ -97,8 +97,57 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         format: "unknown".into(),
         ..Default::default()
     };
-    let mut info = ImageInfo {
-        path: facts.path.clone(),
+    let mut info = unknown_info(&facts.path);
+    let chain = match resolve_chain(path, &opts.chain) {
+        Ok(c) => c,
+        Err(e) => {
+            facts.problems.push(e.to_problem());
+            info.problems = facts.problems.clone();
+            return Inspection {
+                chain: None,
+                facts,
+                info,
+            };
+        }
+    };
+    let top = chain.top();
+    if let Some(stated) = opts.chain.top_format {
+        facts.notes.extend(stated_format_note(top, stated));
+    }
+    describe_top(&chain, &mut facts, &mut info);
+    check_layers(&chain, &mut facts, &mut info);
+
+    match lock::probe(&top.path) {
+        Ok(state) => facts.lock = state,
+        Err(e) => facts
+            .notes
+            .push(format!("could not probe the image lock: {e}")),
+    }
+    info.lock = facts.lock.clone();
+
+    facts.thick = is_thick(
+        top.format,
+        top.file_size,
+        facts.virtual_size,
+        top.allocated_bytes,
+    );
+
+    if opts.walk_extents && facts.problems.is_empty() {
+        count_data(&chain, &mut facts, &mut info);
+    }
+    info.problems = facts.problems.clone();
+    info.notes = facts.notes.clone();
+    Inspection {
+        chain: Some(chain),
+        facts,
+        info,
+    }
+}
+
+/// What `info` shows of an image nothing could be learnt about yet.
+fn unknown_info(path: &str) -> ImageInfo {
+    ImageInfo {
+        path: path.to_string(),
         format: "unknown".into(),
         virtual_size: 0,
         file_size: 0,
@@ -115,35 +164,30 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         lock: LockState::Free,
         problems: Vec::new(),
         notes: Vec::new(),
-    };
-    let chain = match resolve_chain(path, &opts.chain) {
-        Ok(c) => c,
-        Err(e) => {
-            facts.problems.push(e.to_problem());
-            info.problems = facts.problems.clone();
-            return Inspection {
-                chain: None,
-                facts,
-                info,
-            };
-        }
-    };
-    let top = chain.top();
-    if let Some(stated) = opts.chain.top_format {
-        let detected = std::fs::File::open(&top.path).ok().and_then(|f| {
-            use std::io::Read;
-            let mut head = Vec::with_capacity(4096);
-            f.take(4096).read_to_end(&mut head).ok()?;
-            Some(crate::header::detect_format(&head))
-        });
-        if let Some(d) = detected.filter(|d| d.to_string() != stated.as_str()) {
-            facts.notes.push(format!(
-                "{} was read as {} as you stated, although its header says {d}: its {d} structure (and any encryption) is copied as plain data",
-                top.path.display(),
-                stated.as_str()
-            ));
-        }
     }
+}
+
+/// A note when the operator's stated format overrides what the top's header says: the
+/// header's structure is then copied as plain data.
+fn stated_format_note(top: &Layer, stated: LayerFormat) -> Option<String> {
+    let detected = std::fs::File::open(&top.path).ok().and_then(|f| {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(4096);
+        f.take(4096).read_to_end(&mut head).ok()?;
+        Some(crate::header::detect_format(&head))
+    });
+    detected.filter(|d| d.to_string() != stated.as_str()).map(|d| {
+        format!(
+            "{} was read as {} as you stated, although its header says {d}: its {d} structure (and any encryption) is copied as plain data",
+            top.path.display(),
+            stated.as_str()
+        )
+    })
+}
+
+/// Sizes, format and chain of the top layer, and its qcow2 header fields.
+fn describe_top(chain: &Chain, facts: &mut SourceFacts, info: &mut ImageInfo) {
+    let top = chain.top();
     facts.format = top.format.as_str().into();
     facts.virtual_size = top.virtual_size();
     facts.file_size = top.file_size;
@@ -177,49 +221,18 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
         info.features = h.feature_names().iter().map(|s| s.to_string()).collect();
         info.snapshots = h.nb_snapshots;
     }
+}
 
+/// Blockers, corruption and notes of every qcow2 layer; the top's fidelity facts
+/// (snapshots, bitmaps, compression).
+fn check_layers(chain: &Chain, facts: &mut SourceFacts, info: &mut ImageInfo) {
     for (depth, layer) in chain.layers.iter().enumerate() {
         let Some(h) = &layer.header else { continue };
         let name = layer.path.display();
         let refuse = |code: &str, what: String, hint: &str| {
             Problem::new(code, format!("{name} {what}"), hint)
         };
-        // Features that stop a copy outright: the first one found is reported.
-        let blocker: Option<(&str, String, &str)> = if h.crypt_method != 0 {
-            Some((
-                "encrypted",
-                format!("is encrypted ({}): vmshift does not copy encrypted images, and never writes their ciphertext as data", h.encryption()),
-                "move the file as it is with the VM off (cp keeps the LUKS header), or decrypt it first with qemu-img convert and a --object secret",
-            ))
-        } else if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
-            Some((
-                "corrupt",
-                "is marked corrupt by QEMU".into(),
-                "repair a copy with qemu-img check -r all, then migrate the copy",
-            ))
-        } else if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-            Some((
-                "data_file",
-                "keeps its data in an external data file, which vmshift does not copy yet".into(),
-                "convert it with qemu-img convert -O qcow2 first",
-            ))
-        } else if h.compression_type != 0 || h.incompatible_features & INCOMPAT_EXTL2 != 0 {
-            Some((
-                "unsupported_feature",
-                format!(
-                    "uses {} which vmshift's reader does not support",
-                    if h.compression_type != 0 {
-                        "zstd compression"
-                    } else {
-                        "extended L2 entries"
-                    }
-                ),
-                "convert it with qemu-img convert -O qcow2 first",
-            ))
-        } else {
-            None
-        };
-        if let Some((code, what, hint)) = blocker {
+        if let Some((code, what, hint)) = layer_blocker(h) {
             facts.problems.push(refuse(code, what, hint));
             continue;
         }
@@ -243,66 +256,79 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Inspection {
             };
         }
     }
+}
 
-    match lock::probe(&top.path) {
-        Ok(state) => facts.lock = state,
-        Err(e) => facts
-            .notes
-            .push(format!("could not probe the image lock: {e}")),
+/// The first header feature that stops a copy outright, as `(code, what, hint)`.
+fn layer_blocker(h: &Qcow2Header) -> Option<(&'static str, String, &'static str)> {
+    if h.crypt_method != 0 {
+        Some((
+            "encrypted",
+            format!("is encrypted ({}): vmshift does not copy encrypted images, and never writes their ciphertext as data", h.encryption()),
+            "move the file as it is with the VM off (cp keeps the LUKS header), or decrypt it first with qemu-img convert and a --object secret",
+        ))
+    } else if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        Some((
+            "corrupt",
+            "is marked corrupt by QEMU".into(),
+            "repair a copy with qemu-img check -r all, then migrate the copy",
+        ))
+    } else if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+        Some((
+            "data_file",
+            "keeps its data in an external data file, which vmshift does not copy yet".into(),
+            "convert it with qemu-img convert -O qcow2 first",
+        ))
+    } else if h.compression_type != 0 || h.incompatible_features & INCOMPAT_EXTL2 != 0 {
+        Some((
+            "unsupported_feature",
+            format!(
+                "uses {} which vmshift's reader does not support",
+                if h.compression_type != 0 {
+                    "zstd compression"
+                } else {
+                    "extended L2 entries"
+                }
+            ),
+            "convert it with qemu-img convert -O qcow2 first",
+        ))
+    } else {
+        None
     }
-    info.lock = facts.lock.clone();
+}
 
-    facts.thick = is_thick(
-        top.format,
-        top.file_size,
-        facts.virtual_size,
-        top.allocated_bytes,
-    );
-
-    if opts.walk_extents && facts.problems.is_empty() {
-        match ImageReader::open(&chain).and_then(|r| {
-            let size = r.virtual_size();
-            let flat = r.extents(0, size, false).map_err(|e| {
-                crate::ImageError::new(
-                    "block_status",
-                    &top.path,
-                    format!("block status failed: {e}"),
-                    "check the image with qemu-img check",
-                )
-            })?;
-            let shallow = if chain.layers.len() > 1 {
-                Some(r.extents(0, size, true).map_err(|e| {
-                    crate::ImageError::new(
-                        "block_status",
-                        &top.path,
-                        format!("block status failed: {e}"),
-                        "check the image with qemu-img check",
-                    )
-                })?)
-            } else {
-                None
+/// Data bytes and extents of the flattened chain, and data bytes of the top layer alone,
+/// from block status; a failed walk becomes a problem.
+fn count_data(chain: &Chain, facts: &mut SourceFacts, info: &mut ImageInfo) {
+    let top = chain.top();
+    let block_status_error = |e: std::io::Error| {
+        crate::ImageError::new(
+            "block_status",
+            &top.path,
+            format!("block status failed: {e}"),
+            "check the image with qemu-img check",
+        )
+    };
+    let walked = ImageReader::open(chain).and_then(|r| {
+        let size = r.virtual_size();
+        let flat = r.extents(0, size, false).map_err(block_status_error)?;
+        let shallow = if chain.layers.len() > 1 {
+            Some(r.extents(0, size, true).map_err(block_status_error)?)
+        } else {
+            None
+        };
+        Ok((flat, shallow))
+    });
+    match walked {
+        Ok((flat, shallow)) => {
+            facts.data_bytes = bytes_of(&flat, ExtentKind::Data);
+            facts.data_extents = flat.iter().filter(|e| e.kind == ExtentKind::Data).count() as u64;
+            facts.top_data_bytes = match &shallow {
+                Some(s) => bytes_of(s, ExtentKind::Data),
+                None => facts.data_bytes,
             };
-            Ok((flat, shallow))
-        }) {
-            Ok((flat, shallow)) => {
-                facts.data_bytes = bytes_of(&flat, ExtentKind::Data);
-                facts.data_extents =
-                    flat.iter().filter(|e| e.kind == ExtentKind::Data).count() as u64;
-                facts.top_data_bytes = match &shallow {
-                    Some(s) => bytes_of(s, ExtentKind::Data),
-                    None => facts.data_bytes,
-                };
-                info.data_bytes = Some(facts.data_bytes);
-            }
-            Err(e) => facts.problems.push(e.to_problem()),
+            info.data_bytes = Some(facts.data_bytes);
         }
-    }
-    info.problems = facts.problems.clone();
-    info.notes = facts.notes.clone();
-    Inspection {
-        chain: Some(chain),
-        facts,
-        info,
+        Err(e) => facts.problems.push(e.to_problem()),
     }
 }
 

@@ -154,7 +154,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::ProgressRecord;
-    use crate::store::{Journal, NewJob};
+    use crate::{Journal, NewJob};
 
     #[test]
     fn bandwidth_changes_are_numbered_pending_then_applied() {

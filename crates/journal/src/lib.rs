@@ -8,20 +8,31 @@
 //! commit; a power loss may lose the latest ones (their chunks are copied again), never
 //! record a chunk whose data is not on disk.
 //!
-//! - [`store`]: the [`Journal`] and its records.
+//! - [`store`]: the [`Journal`]: opening, schema and migration, integrity check.
+//! - [`jobs`]: job records ([`NewJob`], [`JobRecord`]): create, resolve, list, update.
+//! - [`phases`]: phase records ([`PhaseRecord`]) of each run.
+//! - [`chunks`]: chunk records ([`ChunkRecord`]) of offline copies made durable.
 //! - [`control`]: bandwidth changes asked of a running job by another process.
 //! - [`lock`]: per-job and per-target OS file locks (released when a process dies).
 //! - [`error`]: [`JournalError`], naming the database file.
 
+pub mod chunks;
 pub mod control;
 pub mod error;
+pub mod jobs;
 pub mod lock;
+pub mod phases;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
+pub use chunks::ChunkRecord;
 pub use control::{BwlimitChange, ProgressRecord};
 pub use error::JournalError;
+pub use jobs::{JobRecord, NewJob};
 pub use lock::{FileLock, LockError};
-pub use store::{ChunkRecord, JobRecord, Journal, NewJob, PhaseRecord, SCHEMA_VERSION};
+pub use phases::PhaseRecord;
+pub use store::{Journal, SCHEMA_VERSION};
 
 /// File name of the journal inside the state directory.
 pub const JOURNAL_FILE: &str = "journal.sqlite";

@@ -58,8 +58,15 @@ pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitC
     }
     // Nobody runs it: close it here, holding its lock so no resume starts meanwhile.
     let _locks = lock_job(&job.id, Path::new(&job.destination))?;
-    let state = if keep_partial || job.partial.is_empty() {
+    let state = if job.partial.is_empty() {
         job.partial_state.clone()
+    } else if keep_partial {
+        // Kept for a later resume, whatever the killed run left it as.
+        if Path::new(&job.partial).exists() {
+            "kept".to_string()
+        } else {
+            "removed".to_string()
+        }
     } else {
         match std::fs::remove_file(&job.partial) {
             Ok(()) => "removed".into(),
@@ -198,6 +205,9 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
     }
     let dest = Path::new(&job.destination);
     if dest.exists() {
+        if let Some(why) = crate::offline::rollback::refusal(&job) {
+            return refuse(why);
+        }
         if let Ok(vmshift_core::plan::LockState::Held { pids, .. }) =
             vmshift_image::lock::probe(dest)
         {

@@ -6,13 +6,13 @@
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     /// The journal could not be opened, read or written.
-    #[error("{0}")]
+    #[error(transparent)]
     Journal(#[from] vmshift_journal::JournalError),
     /// A QMP conversation failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Qmp(#[from] vmshift_qmp::QmpError),
     /// The live driver failed outside a job (e.g. while inspecting the VM).
-    #[error("{0}")]
+    #[error(transparent)]
     Live(#[from] vmshift_qmp::live::LiveError),
     /// A file operation failed; the message names the file.
     #[error("{message}: {source}")]

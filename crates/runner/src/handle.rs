@@ -22,8 +22,10 @@ pub struct Outcome {
     pub job_id: String,
     /// 0 succeeded, 1 failed or cancelled after starting, 2 refused.
     pub code: ExitCode,
-    /// The job's report, when it wrote one.
+    /// The job's report, when it wrote one (the last one, when it wrote several).
     pub report: Option<Report>,
+    /// Every report the job wrote, in order (the demo writes two: offline, then live).
+    pub reports: Vec<Report>,
     /// Where the report was written.
     pub report_path: Option<PathBuf>,
 }
@@ -125,7 +127,7 @@ impl JobHandle {
 }
 
 /// The last report a job emitted, and where it was written.
-type LastReport = Arc<Mutex<Option<(Report, Option<PathBuf>)>>>;
+type LastReport = Arc<Mutex<Vec<(Report, Option<PathBuf>)>>>;
 
 /// Sends a job's events to its handle and remembers its report.
 #[derive(Clone)]
@@ -140,8 +142,10 @@ impl Emitter {
     /// Sends `e` (a front end that stopped listening loses nothing but the event).
     pub fn emit(&self, e: JobEvent) {
         if let JobEvent::Report { report, path } = &e {
-            *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(((**report).clone(), path.clone()));
+            self.last_report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(((**report).clone(), path.clone()));
         }
         if let JobEvent::Progress(p) = &e {
             *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p.clone());
@@ -212,7 +216,8 @@ impl Emitter {
                     done_bytes: done,
                     total_bytes: total,
                     rate_bytes_per_sec: rate,
-                    eta_ms: Some(((total - done) * 1000).checked_div(rate).unwrap_or(0)),
+                    // No rate yet, no estimate (not 0).
+                    eta_ms: ((total - done) * 1000).checked_div(rate),
                     disks: Vec::new(),
                 }));
                 if stopping {
@@ -291,22 +296,20 @@ pub(crate) fn spawn(
         .name(format!("vmshift-job-{}", &job_id[..job_id.len().min(8)]))
         .spawn(move || {
             let code = body(&ctx)?;
-            let last = ctx
-                .em
-                .last_report
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            let (report, report_path) = match last {
-                Some((r, p)) => (Some(r), p),
+            let all =
+                std::mem::take(&mut *ctx.em.last_report.lock().unwrap_or_else(|p| p.into_inner()));
+            let (report, report_path) = match all.last() {
+                Some((r, p)) => (Some(r.clone()), p.clone()),
                 None => (None, None),
             };
+            let reports = all.into_iter().map(|(r, _)| r).collect();
             Ok(Outcome {
                 job_id: report
                     .as_ref()
                     .map_or_else(|| ctx.job_id.clone(), |r| r.job_id.clone()),
                 code,
                 report,
+                reports,
                 report_path,
             })
         })

@@ -39,7 +39,8 @@ pub fn open_journal() -> Result<Journal> {
 /// The journal's one-line error.
 pub fn read_journal() -> Result<Option<Journal>> {
     let path = journal_path()?;
-    if !path.exists() {
+    // Missing, or empty (created but never written, or emptied): no jobs.
+    if std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
     Ok(Some(Journal::open_read_only(&path)?))

@@ -142,6 +142,10 @@ pub(crate) fn run_migrate_with(
     extras: RunExtras,
 ) -> Result<(ExitCode, String)> {
     let em = &ctx.em;
+    if let Some(why) = super::dest_problem(a) {
+        em.say(format!("vmshift: refused: {why}"));
+        return Ok((2, String::new()));
+    }
     if let Some(p) = a
         .report
         .as_deref()

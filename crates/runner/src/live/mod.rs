@@ -26,9 +26,18 @@ pub fn connect(sock: &Path) -> Result<Qmp> {
     if let Some(why) = libvirt_monitor(sock) {
         return Err(RunnerError::msg(why));
     }
-    let mut q = Qmp::connect(sock, Duration::from_secs(5))
-        // The QMP error already names its cause; a context chain would print it twice.
-        .map_err(|e| RunnerError::msg(format!("cannot talk to QEMU at {}: {e}", sock.display())))?;
+    let mut q = Qmp::connect(sock, Duration::from_secs(5)).map_err(|e| {
+        let hint = match &e {
+            vmshift_qmp::QmpError::Connect { .. } => {
+                " (is the VM running with -qmp unix:PATH,server=on,wait=off?)"
+            }
+            _ => "",
+        };
+        RunnerError::msg(format!(
+            "cannot talk to QEMU at {}: {e}{hint}",
+            sock.display()
+        ))
+    })?;
     q.set_timeout(Duration::from_secs(60));
     Ok(q)
 }
@@ -111,11 +120,25 @@ pub enum LiveCheck {
     Refused(String),
 }
 
+/// A live move's destination must be an existing directory (each target keeps its
+/// source's file name): the refusal when it is not.
+pub fn dest_problem(r: &LiveRequest) -> Option<String> {
+    (!r.to.is_dir()).then(|| {
+        format!(
+            "--to {}: live moves need an existing destination directory (each target keeps its source's file name)",
+            r.to.display()
+        )
+    })
+}
+
 /// Plans a live move without changing anything.
 ///
 /// # Errors
 /// QEMU cannot be reached or answers unexpectedly.
 pub fn check(r: &LiveRequest) -> Result<LiveCheck> {
+    if let Some(why) = dest_problem(r) {
+        return Ok(LiveCheck::Refused(why));
+    }
     let mut qmp = connect(&r.qmp)?;
     match LiveMigration::plan(&mut qmp, &live_options(r)) {
         Ok(plan) => Ok(LiveCheck::Go(Box::new(plan))),

@@ -185,7 +185,12 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
     {
         plan.problems.push(e.to_problem());
     }
-    let dropped: Vec<_> = args.drop.iter().map(|d| d.property()).collect();
+    let mut dropped: Vec<_> = args.drop.iter().map(|d| d.property()).collect();
+    // A raw target was asked for: it cannot hold compressed clusters, so that is no surprise
+    // (still a warning in the report).
+    if plan.target_format == TargetFormat::Raw {
+        dropped.push(vmshift_core::fidelity::Property::Compression);
+    }
     let (lost, dropped) = vmshift_core::fidelity::assess(&inspection.facts.fidelity, &dropped);
     plan.problems.extend(lost);
     plan.warnings.extend(dropped);
@@ -219,6 +224,12 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
             ),
         );
     }
+    if args.source_format == Some(ImageFormat::Raw) && has_qcow2_magic(&args.source) {
+        plan.warnings.push(format!(
+            "{} has a qcow2 header but --source-format raw copies it as raw data: the target holds the qcow2 container's bytes (encrypted ones included), not the guest's disk",
+            args.source.display()
+        ));
+    }
     let source = ImageSide {
         path: abs(&args.source),
         format: inspection.facts.format.clone(),
@@ -246,11 +257,27 @@ fn format_from_name(to: &Path) -> Option<TargetFormat> {
     }
 }
 
-/// The plan as lines for people (the `check` output and the start of a migration).
+/// Whether the file at `p` starts with the qcow2 magic.
+fn has_qcow2_magic(p: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
+}
+
+/// The plan as lines for people (the `check` output and the start of a migration). A
+/// source that could not be read gets its problems only, not a plan of zeroes.
 pub fn plan_lines(c: &Checked) -> Vec<String> {
     let mut out = Vec::new();
-    let mut say = |l: String| out.push(l);
     let p = &c.plan;
+    if c.chain.is_none() {
+        for pr in &p.problems {
+            out.push(format!("refused: {}", pr.one_line()));
+        }
+        return out;
+    }
+    let mut say = |l: String| out.push(l);
     say(format!(
         "source       {} ({}, {} virtual, {} allocated)",
         c.source.path,

@@ -8,6 +8,7 @@ pub mod execute;
 pub mod job;
 pub mod repair;
 pub mod resume;
+pub mod rollback;
 pub mod verify;
 
 pub use crate::files::partial_path;

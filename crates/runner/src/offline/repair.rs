@@ -55,7 +55,9 @@ pub(crate) fn repair_resumed(
     let fresh = ImageReader::open(tchain).map_err(|e| e.to_string())?;
     let d = digest(&fresh).map_err(|e| e.to_string())?;
     let bytes: u64 = fixed.iter().map(|c| c.len).sum();
+    // Those chunks were counted as reused: now they are copied (the two still add up).
     report.bytes_copied += bytes;
+    report.bytes_reused = report.bytes_reused.saturating_sub(bytes);
     report.repaired_chunks = fixed.iter().map(|c| c.offset).collect();
     report.warnings.push(format!(
         "resume: {} journaled chunk(s) of the partial target no longer matched the source (guest offsets {}); they were copied again ({} bytes) and the target verified again",

@@ -47,7 +47,7 @@ fn refuse(ctx: &JobCtx, msg: String) -> Result<ExitCode> {
 }
 
 /// Compares the recorded source facts with the files now. Returns the first difference.
-fn source_changed(recorded: &serde_json::Value) -> Option<String> {
+pub(crate) fn source_changed(recorded: &serde_json::Value) -> Option<String> {
     let layers = recorded["layers"].as_array()?;
     for l in layers {
         let path = l["path"].as_str().unwrap_or_default();
@@ -72,7 +72,7 @@ fn source_changed(recorded: &serde_json::Value) -> Option<String> {
     None
 }
 
-fn is_qcow2(path: &Path) -> bool {
+pub(crate) fn is_qcow2(path: &Path) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
