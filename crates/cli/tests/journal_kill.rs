@@ -398,5 +398,11 @@ fn resume_repairs_a_journaled_chunk_altered_outside_the_sample_instead_of_failin
         r["bytes_copied"].as_u64().unwrap(),
         160 * M - recorded + victim.len
     );
+    // The repaired chunk is copied, no longer reused: the two still add up to one run's copy.
+    assert_eq!(
+        r["bytes_copied"].as_u64().unwrap() + r["bytes_reused"].as_u64().unwrap(),
+        160 * M,
+        "{r}"
+    );
     assert_same_image(&src, &dst.join("d.raw"));
 }

@@ -140,8 +140,22 @@ pub fn check_backing_file(
             "its {} bytes are not whole 512-byte sectors, as a disk image's are",
             meta.len()
         ))),
+        LayerFormat::Raw if looks_like_text(&head) => Err(not_image(
+            "its first sector is lines of text, not a disk's (a boot sector, a partition table or zeroes)"
+                .into(),
+        )),
         _ => Ok(()),
     }
+}
+
+/// Whether `head` (a file's first sector) is nothing but printable text with line breaks:
+/// a configuration file or a log, never the start of a disk.
+fn looks_like_text(head: &[u8]) -> bool {
+    !head.is_empty()
+        && head.contains(&b'\n')
+        && head
+            .iter()
+            .all(|&b| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e))
 }
 
 /// Refuses a target whose file name asks for another format than the one written
@@ -179,6 +193,17 @@ fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sector_of_text_lines_is_text_and_a_disk_sector_is_not() {
+        let text = "root:x:0:0:root:/root:/bin/bash\n".repeat(16);
+        assert!(looks_like_text(&text.as_bytes()[..512]));
+        assert!(!looks_like_text(&[0u8; 512]));
+        let mut mbr = [0u8; 512];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert!(!looks_like_text(&mbr));
+    }
 
     #[test]
     fn a_raw_name_with_a_qcow2_header_is_refused_naming_both() {
