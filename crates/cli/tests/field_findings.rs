@@ -44,11 +44,8 @@ fn a_sector_of_text_named_as_a_raw_backing_file_is_refused() {
     let tpl = ws.mkdir("store/tpl");
     let vm = ws.mkdir("store/vm");
     let text = tpl.join("t512.txt");
-    std::fs::write(
-        &text,
-        "not a disk, a note about one\n".repeat(18).as_bytes()[..512].to_vec(),
-    )
-    .unwrap();
+    let lines = "not a disk, a note about one\n".repeat(18);
+    std::fs::write(&text, &lines.as_bytes()[..512]).unwrap();
     let ovl = vm.join("ovl.qcow2");
     qemu_img(&[
         "create",
