@@ -96,6 +96,9 @@ fn set_raises_a_running_offline_copy_within_a_second_and_the_report_lists_it() {
         Instant::now() + Duration::from_millis(2500),
         &mut report,
     );
+    let st = ws.vmshift().args(["status", &r.id]).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("now          copy "), "{text}");
     let (code, err) = set(&ws, &r.id, "64M");
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("bandwidth limit 64.0 MiB/s"), "{err}");
@@ -174,6 +177,15 @@ fn set_raises_a_running_live_mirror_through_block_job_set_speed() {
     );
     let mut report = Value::Null;
     let before = samples(&r, Instant::now() + Duration::from_secs(4), &mut report);
+    // Progress from anywhere: another process sees the live job's latest sample.
+    let st = ws
+        .vmshift()
+        .args(["status", &r.id, "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(v["now"]["done_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["now"]["total_bytes"].as_u64(), Some(192 * M), "{v}");
     let (code, err) = set(&ws, &r.id, "96M");
     assert_eq!(code, 0, "{err}");
     let _ = samples(&r, Instant::now() + Duration::from_secs(1), &mut report);
