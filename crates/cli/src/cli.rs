@@ -74,10 +74,24 @@ pub enum Command {
         offline_only: bool,
     },
     /// List the jobs in the journal (id, kind, source, destination, status, progress).
+    #[command(args_conflicts_with_subcommands = true)]
     Jobs {
         /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also list jobs refused by their check (hidden by default: nothing happened).
+        #[arg(long)]
+        all: bool,
+        /// Only jobs with this status (running, interrupted, succeeded, failed, cancelled,
+        /// refused, rolled_back).
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        /// Only jobs started since this long ago (30m, 12h, 7d) or this RFC 3339 time.
+        #[arg(long, value_name = "AGE|TIME")]
+        since: Option<String>,
+        /// Housekeeping.
+        #[command(subcommand)]
+        action: Option<JobsAction>,
     },
     /// Show one job (id or unique prefix) with its phase history.
     Status {
@@ -136,6 +150,38 @@ pub enum Command {
         #[arg(long, value_parser = parse_size_arg)]
         bwlimit: Option<u64>,
     },
+}
+
+/// `vmshift jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Forget finished jobs (and their reports) last changed more than AGE ago; never a
+    /// running job or one whose partial target is kept for a resume.
+    Prune {
+        /// Age, e.g. 30d, 12h, 45m.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: std::time::Duration,
+    },
+}
+
+/// `30d`, `12h`, `45m`, `90s` as a duration.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid age {s:?}: use a number and a unit, e.g. 30d, 12h, 45m"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid age {s:?}: the unit is s, m, h or d (e.g. 30d)"
+            ))
+        }
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// Arguments shared by `check` and `migrate`; they become a [`vmshift_runner::JobRequest`].

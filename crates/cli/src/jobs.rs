@@ -40,11 +40,59 @@ fn job_json(j: &JobRecord, journal: &vmshift_journal::Journal) -> serde_json::Va
     })
 }
 
-/// `vmshift jobs [--json]`.
+/// Which jobs `vmshift jobs` lists.
+pub struct Filter {
+    all: bool,
+    status: Option<String>,
+    /// RFC 3339 UTC: jobs created at or after it.
+    since: Option<String>,
+}
+
+impl Filter {
+    /// `--all`, `--status S`, `--since AGE|TIME`.
+    ///
+    /// # Errors
+    /// `since` is neither an age (30m, 12h, 7d) nor an RFC 3339 time.
+    pub fn new(all: bool, status: Option<String>, since: Option<&str>) -> Result<Filter> {
+        let since = since
+            .map(|s| {
+                if let Ok(age) = crate::cli::parse_age(s) {
+                    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+                    let t = chrono::Utc::now()
+                        .checked_sub_signed(age)
+                        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                    Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                } else {
+                    chrono::DateTime::parse_from_rfc3339(s)
+                        .map(|t| {
+                            t.with_timezone(&chrono::Utc)
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        })
+                        .map_err(|_| {
+                            anyhow!("--since {s:?}: give an age (30m, 12h, 7d) or an RFC 3339 time (2026-12-01T00:00:00Z)")
+                        })
+                }
+            })
+            .transpose()?;
+        Ok(Filter { all, status, since })
+    }
+
+    fn keeps(&self, j: &JobRecord) -> bool {
+        let shown = shown_status(j);
+        let by_status = match &self.status {
+            Some(s) => *s == shown,
+            // Refused jobs did nothing: listed with --all or when asked for by status.
+            None => self.all || shown != "refused",
+        };
+        by_status && self.since.as_ref().is_none_or(|t| j.created_at >= *t)
+    }
+}
+
+/// `vmshift jobs [--all] [--status S] [--since T] [--json]`.
 ///
 /// # Errors
 /// A corrupt journal (named) when no job at all can be read.
-pub fn run_jobs(json_out: bool) -> Result<ExitCode> {
+pub fn run_jobs(filter: &Filter, json_out: bool) -> Result<ExitCode> {
     let Some(j) = read_journal()? else {
         if json_out {
             println!("[]");
@@ -53,7 +101,8 @@ pub fn run_jobs(json_out: bool) -> Result<ExitCode> {
         }
         return Ok(0);
     };
-    let (jobs, problems) = j.jobs()?;
+    let (mut jobs, problems) = j.jobs()?;
+    jobs.retain(|job| filter.keeps(job));
     let damaged = j.integrity_check().err();
     if json_out {
         let v: Vec<_> = jobs.iter().map(|job| job_json(job, &j)).collect();

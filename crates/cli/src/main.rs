@@ -64,7 +64,21 @@ fn run(command: &Command) -> anyhow::Result<i32> {
             }
             Ok(outcome.code)
         }
-        Command::Jobs { json } => jobs::run_jobs(*json),
+        Command::Jobs {
+            action: Some(cli::JobsAction::Prune { older_than }),
+            json,
+            ..
+        } => follow(runner.prune(*older_than), *json),
+        Command::Jobs {
+            json,
+            all,
+            status,
+            since,
+            action: None,
+        } => jobs::run_jobs(
+            &jobs::Filter::new(*all, status.clone(), since.as_deref())?,
+            *json,
+        ),
         Command::Status { job, json } => jobs::run_status(job, *json),
         Command::Resume {
             job,

@@ -87,7 +87,7 @@ fn set(ws: &Ws, id: &str, limit: &str) -> (i32, String) {
 fn set_raises_a_running_offline_copy_within_a_second_and_the_report_lists_it() {
     let ws = Ws::new();
     let src = ws.path("web01.raw");
-    std::fs::write(&src, random_bytes(usize::try_from(96 * M).unwrap(), 11)).unwrap();
+    std::fs::write(&src, random_bytes(usize::try_from(160 * M).unwrap(), 11)).unwrap();
     let dst = ws.mkdir("b");
     let mut r = start(&ws, &[p(&src), "--to", p(&dst), "--bwlimit", "8M"]);
     let mut report = Value::Null;
@@ -102,8 +102,8 @@ fn set_raises_a_running_offline_copy_within_a_second_and_the_report_lists_it() {
     let (code, err) = set(&ws, &r.id, "64M");
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("bandwidth limit 64.0 MiB/s"), "{err}");
-    // One second for the change to land, then measure.
-    let _ = samples(&r, Instant::now() + Duration::from_secs(1), &mut report);
+    // Half a second for the change to land (it takes effect within one), then measure.
+    let _ = samples(&r, Instant::now() + Duration::from_millis(500), &mut report);
     let after = samples(&r, Instant::now() + Duration::from_secs(30), &mut report);
     assert!(r.child.wait().unwrap().success());
     let (rb, ra) = (rate(&before), rate(&after));

@@ -112,3 +112,35 @@ impl fmt::Display for Phase {
         f.write_str(self.as_str())
     }
 }
+
+/// Whether a recorded job may be pruned (`vmshift jobs prune`): it is finished, last
+/// changed before `cutoff` (RFC 3339 UTC, compared as text: the journal writes one format),
+/// and holds no partial target kept for a resume.
+pub fn prunable(status: &str, partial_state: &str, updated_at: &str, cutoff: &str) -> bool {
+    matches!(
+        status,
+        "succeeded" | "failed" | "cancelled" | "refused" | "rolled_back"
+    ) && partial_state != "kept"
+        && partial_state != "writing"
+        && updated_at < cutoff
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::prunable;
+
+    #[test]
+    fn only_old_finished_jobs_without_a_kept_partial_are_pruned() {
+        let (old, cut) = ("2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z");
+        assert!(prunable("succeeded", "final", old, cut));
+        assert!(prunable("refused", "none", old, cut));
+        assert!(!prunable("failed", "kept", old, cut));
+        assert!(!prunable("running", "writing", old, cut));
+        assert!(!prunable(
+            "succeeded",
+            "final",
+            "2026-03-01T00:00:00.000Z",
+            cut
+        ));
+    }
+}

@@ -262,6 +262,17 @@ impl Journal {
         Ok(())
     }
 
+    /// Forgets job `id` with its phases, chunks, bandwidth changes and progress.
+    ///
+    /// # Errors
+    /// [`JournalError`] on a database error.
+    pub fn delete_job(&self, id: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute("DELETE FROM jobs WHERE id = ?1", params![id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Records what became of the partial target (`writing`, `kept`, `removed`, `final`).
     ///
     /// # Errors

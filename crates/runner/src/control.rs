@@ -247,3 +247,40 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
     });
     Ok(0)
 }
+
+/// `vmshift jobs prune --older-than AGE`: forgets finished jobs last changed more than
+/// `older_than` ago, with their reports (`<state>/reports/<job>.json` and `.md`); never a
+/// running job or one whose partial target is kept for a resume.
+///
+/// # Errors
+/// The journal cannot be opened or written.
+pub(crate) fn prune(ctx: &JobCtx, older_than: Duration) -> Result<ExitCode> {
+    let j = open_journal()?;
+    let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let cutoff = chrono::Utc::now()
+        .checked_sub_signed(age)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (jobs, _) = j.jobs()?;
+    let mut pruned = Vec::new();
+    for job in jobs.iter().filter(|job| {
+        vmshift_core::job::prunable(&job.status, &job.partial_state, &job.updated_at, &cutoff)
+            && running_pid(&job.id).is_none()
+    }) {
+        if let Some(r) = &job.report {
+            let r = Path::new(r);
+            let _ = std::fs::remove_file(r);
+            let _ = std::fs::remove_file(r.with_extension("md"));
+        }
+        j.delete_job(&job.id)?;
+        pruned.push(job.id.clone());
+    }
+    ctx.em.say(format!(
+        "vmshift: pruned {} job(s) last changed before {cutoff}, with their reports",
+        pruned.len()
+    ));
+    ctx.em.emit(JobEvent::Result {
+        value: json!({"pruned": pruned, "before": cutoff}),
+    });
+    Ok(0)
+}

@@ -148,6 +148,17 @@ impl Runner {
         })
     }
 
+    /// Forgets finished jobs last changed more than `older_than` ago, with their reports;
+    /// never a running job or one with a partial target kept for a resume.
+    ///
+    /// # Errors
+    /// The command's thread cannot be started.
+    pub fn prune(&self, older_than: std::time::Duration) -> Result<JobHandle> {
+        spawn(String::new(), JobControl::default(), move |ctx| {
+            crate::control::prune(ctx, older_than)
+        })
+    }
+
     /// Runs the demo (see [`crate::demo`]): the offline move of a sample VM disk, then,
     /// unless `offline_only` or the first part failed, the live move of the test guest.
     ///
