@@ -213,13 +213,9 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
         println!("report       {r}");
     }
     for c in &changes {
-        let limit = if c.bytes_per_sec == 0 {
-            "unlimited".to_string()
-        } else {
-            format!("{}/s", format_bytes(c.bytes_per_sec))
-        };
         println!(
-            "bwlimit      {limit} asked {}, {}",
+            "bwlimit      {} asked {}, {}",
+            vmshift_core::format_limit(c.bytes_per_sec),
             c.requested_at,
             c.applied_at
                 .as_deref()

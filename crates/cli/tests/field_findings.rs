@@ -89,21 +89,7 @@ fn source_format_raw_over_a_qcow2_header_is_a_warning() {
 #[test]
 fn a_raw_target_of_a_compressed_qcow2_needs_no_drop_flag() {
     let ws = Ws::new();
-    let raw = ws.path("plain.raw");
-    // Compressible (random data would be stored uncompressed).
-    std::fs::write(&raw, "a line of a log file\n".repeat(100_000)).unwrap();
-    let src = ws.path("c.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        p(&raw),
-        p(&src),
-    ]);
+    let src = compressed_qcow2(&ws, "c.qcow2");
     let dst = ws.mkdir("b");
     let (code, r, out) = ws.migrate(&src, &dst.join("c.raw"), &[]);
     assert_eq!(code, 0, "{}", stderr(&out));

@@ -111,23 +111,7 @@ fn zero_clusters_stay_zero_and_unallocated_data_is_not_inflated() {
 #[test]
 fn zlib_compressed_clusters_are_copied_with_drop_compression_and_the_report_warns() {
     let ws = Ws::new();
-    let raw = ws.path("plain.raw");
-    let text: Vec<u8> = (0..320_000)
-        .flat_map(|i| format!("{i:08} compressible text\n").into_bytes())
-        .collect();
-    std::fs::write(&raw, &text[..8 << 20]).unwrap();
-    let src = ws.path("c.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        p(&raw),
-        p(&src),
-    ]);
+    let src = compressed_qcow2(&ws, "c.qcow2");
     let (code, _, _) = ws.migrate(&src, &ws.mkdir("refused"), &[]);
     assert_eq!(
         code, 2,

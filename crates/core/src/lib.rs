@@ -18,4 +18,4 @@ pub mod size;
 pub use extent::{Extent, ExtentKind};
 pub use job::{JobId, JobKind, JobStatus, Phase};
 pub use rate::RateLimit;
-pub use size::{format_bytes, millis, parse_size, rate_bytes_per_sec, SizeError};
+pub use size::{format_bytes, format_limit, millis, parse_size, rate_bytes_per_sec, SizeError};

@@ -349,12 +349,12 @@ impl Report {
         if !self.bwlimit_changes.is_empty() {
             let _ = writeln!(md, "\n## Bandwidth changes\n\n| at | limit |\n|---|---|");
             for c in &self.bwlimit_changes {
-                let limit = if c.bytes_per_sec == 0 {
-                    "unlimited".to_string()
-                } else {
-                    format!("{}/s", crate::format_bytes(c.bytes_per_sec))
-                };
-                let _ = writeln!(md, "| {} | {limit} |", c.at);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} |",
+                    c.at,
+                    crate::format_limit(c.bytes_per_sec)
+                );
             }
         }
     }

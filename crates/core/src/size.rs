@@ -110,6 +110,15 @@ pub fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A bandwidth limit for people: `20.0 MiB/s`, or `unlimited` for 0 (bytes/s).
+pub fn format_limit(bytes_per_sec: u64) -> String {
+    if bytes_per_sec == 0 {
+        "unlimited".to_string()
+    } else {
+        format!("{}/s", format_bytes(bytes_per_sec))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

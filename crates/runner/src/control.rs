@@ -10,7 +10,6 @@ use crate::{JobEvent, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use vmshift_core::format_bytes;
 
 /// How long `cancel` and `set` wait for the job's process to act on the request.
 const WAIT_FOR_JOB: Duration = Duration::from_secs(60);
@@ -138,11 +137,7 @@ pub(crate) fn set_bwlimit(ctx: &JobCtx, id: &str, bytes_per_sec: u64) -> Result<
         return Ok(2);
     };
     let seq = j.request_bwlimit(&job.id, bytes_per_sec)?;
-    let shown = if bytes_per_sec == 0 {
-        "unlimited".to_string()
-    } else {
-        format!("{}/s", format_bytes(bytes_per_sec))
-    };
+    let shown = vmshift_core::format_limit(bytes_per_sec);
     let t = Instant::now();
     loop {
         let applied = j

@@ -23,3 +23,12 @@ pub fn partial_path(target: &Path) -> PathBuf {
 pub fn allocated_bytes(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.blocks() * 512)
 }
+
+/// Whether the file at `path` starts with the qcow2 magic (`QFI\xfb`).
+pub fn has_qcow2_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
+}

@@ -306,6 +306,29 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Files left in `dir` (names), sorted.
+/// A qcow2 image `name` in `ws` whose 8 MiB of compressible text is stored in compressed
+/// clusters (`qemu-img convert -c`; random data would be stored uncompressed).
+pub fn compressed_qcow2(ws: &Ws, name: &str) -> PathBuf {
+    let raw = ws.path(&format!("{name}.plain"));
+    let text: Vec<u8> = (0..320_000)
+        .flat_map(|i| format!("{i:08} compressible text\n").into_bytes())
+        .collect();
+    std::fs::write(&raw, &text[..8 << 20]).unwrap();
+    let src = ws.path(name);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        p(&raw),
+        p(&src),
+    ]);
+    src
+}
+
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

@@ -174,14 +174,11 @@ fn finish_after_pivot(
             deleted = true;
         }
         report.source_deleted |= deleted;
-        let format = std::fs::File::open(&d.target)
-            .and_then(|mut f| {
-                use std::io::Read;
-                let mut m = [0u8; 4];
-                f.read_exact(&mut m).map(|()| m)
-            })
-            .map(|m| if &m == b"QFI\xfb" { "qcow2" } else { "raw" })
-            .unwrap_or("raw");
+        let format = if crate::files::has_qcow2_magic(&d.target) {
+            "qcow2"
+        } else {
+            "raw"
+        };
         report.disks.push(DiskReport {
             device: d.device.clone(),
             old_path: d.source.clone(),

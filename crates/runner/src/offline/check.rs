@@ -224,7 +224,7 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
             ),
         );
     }
-    if args.source_format == Some(ImageFormat::Raw) && has_qcow2_magic(&args.source) {
+    if args.source_format == Some(ImageFormat::Raw) && crate::files::has_qcow2_magic(&args.source) {
         plan.warnings.push(format!(
             "{} has a qcow2 header but --source-format raw copies it as raw data: the target holds the qcow2 container's bytes (encrypted ones included), not the guest's disk",
             args.source.display()
@@ -255,15 +255,6 @@ fn format_from_name(to: &Path) -> Option<TargetFormat> {
         "raw" => Some(TargetFormat::Raw),
         _ => None,
     }
-}
-
-/// Whether the file at `p` starts with the qcow2 magic.
-fn has_qcow2_magic(p: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(p)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|()| magic == *b"QFI\xfb")
 }
 
 /// The plan as lines for people (the `check` output and the start of a migration). A

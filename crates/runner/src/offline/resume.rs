@@ -11,7 +11,6 @@ use crate::handle::{ExitCode, JobCtx};
 use crate::journal::{lock_job, JournalLink};
 use crate::request::{IoMode, OfflineRequest};
 use crate::{Result, RunnerError};
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -72,12 +71,7 @@ pub(crate) fn source_changed(recorded: &serde_json::Value) -> Option<String> {
     None
 }
 
-pub(crate) fn is_qcow2(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|()| magic == *b"QFI\xfb")
-}
+pub(crate) use crate::files::has_qcow2_magic as is_qcow2;
 
 /// Repairs leaked clusters a killed writer may leave in a qcow2 partial target. Returns
 /// false when `qemu-img check` finds real corruption.
