@@ -245,7 +245,8 @@ pub struct DiskChange {
 /// `xml` with each change applied: the `<disk type>` becomes `file`; `<source>` names only the
 /// new file (attributes other than `file`, `dev`, `pool`, `volume`, `mode`, `protocol`, `name`
 /// and the element's children are kept); `<driver type>` is set (a `<driver name='qemu'>` is
-/// added if the disk had none); with `drop_backing` the `<backingStore>` goes. Every other
+/// added if the disk had none); with `drop_backing` a `<backingStore>` chain becomes
+/// `<backingStore/>` (no backing file). Every other
 /// byte stays as it was.
 ///
 /// # Errors
@@ -284,9 +285,10 @@ pub fn rewrite(xml: &str, changes: &[DiskChange]) -> Result<String, XmlError> {
                 ));
             }
         }
+        // `<backingStore/>` states "no backing", as libvirt itself writes after a pivot.
         if c.drop_backing {
             if let Some(r) = &d.backing_elem {
-                edits.push((r.clone(), String::new()));
+                edits.push((r.clone(), "<backingStore/>".into()));
             }
         }
     }
@@ -511,7 +513,7 @@ mod tests {
             .replace("file='/old/a.qcow2'", "file='/new/a&apos;1.raw'")
             .replace(
                 "<backingStore type='file' index='3'>\n        <format type='raw'/>\n        <source file='/old/base.raw'/>\n        <backingStore/>\n      </backingStore>",
-                "",
+                "<backingStore/>",
             );
         assert_eq!(out, expected);
         let d = disks(&out).unwrap();
