@@ -13,13 +13,16 @@ have_qemu_pair() {
 have_qemu_pair || need+=(qemu)
 for bin in mkfs.ext4:e2fsprogs busybox:busybox-static cpio:cpio nbdkit:nbdkit nbdcopy:libnbd-bin \
            python3:python3 zstd:zstd xz:xz-utils gzip:gzip gcc:gcc strings:binutils \
-           dpkg-deb:dpkg fio:fio openssl:openssl; do
+           dpkg-deb:dpkg fio:fio openssl:openssl pkg-config:pkg-config \
+           libvirtd:libvirt-daemon-system virsh:libvirt-clients; do
   command -v "${bin%%:*}" >/dev/null || need+=("${bin#*:}")
 done
 # scripts/bench.sh measures peak RSS with GNU time (`time` alone is the shell keyword)
 [ -x /usr/bin/time ] || need+=(time)
 # the test guest's stamper is linked statically (scripts/build-guest.sh)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+# the libvirt front end links libvirt.so (crates/libvirt, through the virt crate)
+[ -f /usr/lib/x86_64-linux-gnu/libvirt.so ] || need+=(libvirt-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
