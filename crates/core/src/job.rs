@@ -35,6 +35,9 @@ pub enum JobKind {
     Offline,
     /// The VM runs; QEMU mirrors its disks and pivots.
     Live,
+    /// A libvirt domain's disks: through libvirt's block copy when it runs, the offline
+    /// engine when it is shut off; then its definition names the new files.
+    Domain,
 }
 
 /// Where a job stands. The terminal ones are `Succeeded`, `Failed`, `Cancelled`, `RolledBack`.

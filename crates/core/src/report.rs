@@ -227,6 +227,7 @@ impl Report {
         let kind = match self.kind {
             JobKind::Offline => "offline",
             JobKind::Live => "live",
+            JobKind::Domain => "libvirt domain",
         };
         let _ = writeln!(md, "# vmshift {kind} migration {}\n", self.job_id);
         let _ = writeln!(md, "**Status: {}**\n", self.status.as_str());

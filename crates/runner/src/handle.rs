@@ -153,6 +153,17 @@ impl Emitter {
         let _ = self.tx.send(e);
     }
 
+    /// The last report job `job_id` emitted (a child job's, for its parent).
+    pub fn report_of(&self, job_id: &str) -> Option<Report> {
+        self.last_report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|(r, _)| r.job_id == job_id)
+            .map(|(r, _)| r.clone())
+    }
+
     /// Takes the latest progress sample (`None` when there was none since the last take).
     pub fn take_progress(&self) -> Option<Progress> {
         self.last_progress
@@ -258,6 +269,8 @@ pub(crate) struct JobCtx {
     pub em: Emitter,
     /// Cancel flag and bandwidth limit.
     pub control: JobControl,
+    /// The job that started this one (a domain job's per-disk offline jobs), if any.
+    pub parent: Option<String>,
 }
 
 impl JobCtx {
@@ -268,6 +281,7 @@ impl JobCtx {
             job_id,
             em: self.em.clone(),
             control: self.control.clone(),
+            parent: Some(self.job_id.clone()),
         }
     }
 }
@@ -291,6 +305,7 @@ pub(crate) fn spawn(
         job_id: job_id.clone(),
         em,
         control: control.clone(),
+        parent: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("vmshift-job-{}", &job_id[..job_id.len().min(8)]))

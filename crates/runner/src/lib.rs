@@ -40,6 +40,7 @@
 
 pub mod control;
 pub mod demo;
+pub mod domain;
 pub mod error;
 pub mod event;
 pub mod files;
@@ -57,7 +58,7 @@ pub use error::{Result, RunnerError};
 pub use event::{DiskProgress, JobEvent, PhaseState, Progress};
 pub use handle::{ExitCode, JobControl, JobHandle, Outcome};
 pub use request::{
-    CopyMode, DropProperty, ImageFormat, IoMode, JobRequest, LiveRequest, OfflineRequest,
-    VerifyMode,
+    CopyMode, DomainRequest, DropProperty, ImageFormat, IoMode, JobRequest, LiveRequest,
+    OfflineRequest, VerifyMode,
 };
 pub use runner::{Plan, Runner};

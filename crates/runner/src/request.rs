@@ -14,6 +14,8 @@ pub enum JobRequest {
     Offline(OfflineRequest),
     /// Mirror the disks of a running QEMU over QMP and pivot.
     Live(LiveRequest),
+    /// Move the disks of a libvirt domain (live or shut off) and update its definition.
+    Domain(DomainRequest),
 }
 
 /// Image formats vmshift writes.
@@ -234,6 +236,73 @@ impl LiveRequest {
             disks: Vec::new(),
             format: None,
             shallow: false,
+            bwlimit: None,
+            copy_mode: CopyMode::default(),
+            ready_timeout: None,
+            delete_source: false,
+            report: None,
+            no_journal: false,
+        }
+    }
+}
+
+/// A move of a libvirt domain's disks: through libvirt's block copy when the domain runs, by
+/// the offline engine (checked, verified) when it is shut off; then the persistent
+/// definition names the new files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainRequest {
+    /// The domain's name.
+    pub domain: String,
+    /// libvirt URI; `None`: `$LIBVIRT_DEFAULT_URI`, else `qemu:///system` (as virsh).
+    #[serde(default)]
+    pub connect: Option<String>,
+    /// Destination directory (each disk keeps its file name). Exactly one of `to`, `pool`.
+    #[serde(default)]
+    pub to: Option<PathBuf>,
+    /// Destination storage pool (a directory pool); refreshed after the move.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Disks to move, by target dev (`vda`); empty: every writable disk.
+    #[serde(default)]
+    pub disks: Vec<String>,
+    /// Target format; `None`: each disk's (from the definition's `<driver type>`).
+    #[serde(default)]
+    pub format: Option<ImageFormat>,
+    /// Copy only the top image and keep the backing chain (live: a shallow copy).
+    #[serde(default)]
+    pub keep_backing: bool,
+    /// Bandwidth limit, bytes/s (each disk's block job live); `None` or 0: unlimited.
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
+    /// Live copy mode.
+    #[serde(default)]
+    pub copy_mode: CopyMode,
+    /// Give up cleanly if not every disk is ready after this many seconds (live).
+    #[serde(default)]
+    pub ready_timeout: Option<u64>,
+    /// Delete the old image files once the definition names the new ones.
+    #[serde(default)]
+    pub delete_source: bool,
+    /// Also write the report here (Markdown if the name ends in `.md`, else JSON).
+    #[serde(default)]
+    pub report: Option<PathBuf>,
+    /// Do not record the job in the journal.
+    #[serde(default)]
+    pub no_journal: bool,
+}
+
+impl DomainRequest {
+    /// A request to move every writable disk of `domain` to directory `to`.
+    pub fn new(domain: impl Into<String>, to: impl Into<PathBuf>) -> Self {
+        DomainRequest {
+            domain: domain.into(),
+            connect: None,
+            to: Some(to.into()),
+            pool: None,
+            disks: Vec::new(),
+            format: None,
+            keep_backing: false,
             bwlimit: None,
             copy_mode: CopyMode::default(),
             ready_timeout: None,

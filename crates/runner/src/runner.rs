@@ -15,6 +15,8 @@ pub enum Plan {
     Live(Box<vmshift_qmp::LivePlan>),
     /// A live move that would be refused, and why (one line).
     LiveRefused(String),
+    /// A libvirt domain move: whether it would go ahead, and the plan's lines.
+    Domain(bool, Vec<String>),
 }
 
 impl Plan {
@@ -24,6 +26,7 @@ impl Plan {
             Plan::Offline(c) => c.plan.go(),
             Plan::Live(_) => true,
             Plan::LiveRefused(_) => false,
+            Plan::Domain(go, _) => *go,
         }
     }
 
@@ -33,6 +36,7 @@ impl Plan {
             Plan::Offline(c) => crate::offline::plan_lines(c),
             Plan::Live(p) => crate::live::plan_lines(p),
             Plan::LiveRefused(why) => vec![format!("refused: {why}")],
+            Plan::Domain(_, lines) => lines.clone(),
         }
     }
 }
@@ -62,6 +66,10 @@ impl Runner {
                 LiveCheck::Go(p) => Plan::Live(p),
                 LiveCheck::Refused(why) => Plan::LiveRefused(why),
             },
+            JobRequest::Domain(r) => {
+                let (go, lines) = crate::domain::check(r);
+                Plan::Domain(go, lines)
+            }
         })
     }
 
@@ -85,6 +93,10 @@ impl Runner {
                     crate::live::migrate::run_migrate_with(ctx, &r, Default::default())
                         .map(|(code, _)| code)
                 })
+            }
+            JobRequest::Domain(r) => {
+                control.set_bwlimit(r.bwlimit.unwrap_or(0));
+                spawn(id, control, move |ctx| crate::domain::run(ctx, &r))
             }
         }
     }

@@ -37,7 +37,7 @@ pub use jobs::cancel_and_wait;
 pub use options::{ExistingTarget, LiveOptions, TargetFormat};
 pub use outcome::LimitChange;
 pub use outcome::{DiskOutcome, LiveOutcome};
-pub use plan::{LivePlan, PlannedDisk, SyncMode};
+pub use plan::{target_file_name, LivePlan, PlannedDisk, SyncMode};
 pub use progress::{DiskProgress, LiveProgress, RateWindow, RATE_WINDOW};
 
 /// Entry points of the live driver.

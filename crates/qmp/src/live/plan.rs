@@ -254,7 +254,7 @@ fn plan_disk(
 
 /// The target's file name: the source's, with a `.qcow2`/`.raw` extension following the
 /// target format so that the name never contradicts the content.
-fn target_file_name(source: &Path, format: TargetFormat) -> std::ffi::OsString {
+pub fn target_file_name(source: &Path, format: TargetFormat) -> std::ffi::OsString {
     let name = PathBuf::from(source.file_name().unwrap_or_default());
     let renamed = match (name.extension().and_then(|e| e.to_str()), format) {
         (Some("qcow2" | "qcow"), TargetFormat::Raw) => name.with_extension("raw"),

@@ -63,6 +63,20 @@ pub fn job_lock_path(id: &str) -> Result<PathBuf> {
 /// # Errors
 /// A one-line refusal naming the holder's pid.
 pub fn lock_job(id: &str, target: &Path) -> Result<Vec<FileLock>> {
+    lock_job_on(id, target, &format!("target {}", target.display()))
+}
+
+/// Takes the job lock and the lock of a libvirt domain (one vmshift job per domain: its
+/// disks' own offline child jobs lock their targets).
+///
+/// # Errors
+/// A one-line refusal naming the holder's pid.
+pub fn lock_domain_job(id: &str, uri: &str, name: &str) -> Result<Vec<FileLock>> {
+    let key = PathBuf::from(format!("libvirt:{uri}#{name}"));
+    lock_job_on(id, &key, &format!("domain {name}"))
+}
+
+fn lock_job_on(id: &str, key: &Path, what: &str) -> Result<Vec<FileLock>> {
     let refuse = |e: LockError| match e {
         LockError::Held { what, pid, .. } => RunnerError::msg(format!(
             "{what} is in use by vmshift process {pid}: wait for it, or `vmshift cancel` its job"
@@ -70,11 +84,7 @@ pub fn lock_job(id: &str, target: &Path) -> Result<Vec<FileLock>> {
         other => RunnerError::msg(other.to_string()),
     };
     let job = FileLock::acquire(&job_lock_path(id)?, &format!("job {id}")).map_err(refuse)?;
-    let tgt = FileLock::acquire(
-        &lock_dir()?.join(target_lock_name(target)),
-        &format!("target {}", target.display()),
-    )
-    .map_err(refuse)?;
+    let tgt = FileLock::acquire(&lock_dir()?.join(target_lock_name(key)), what).map_err(refuse)?;
     Ok(vec![job, tgt])
 }
 

@@ -176,7 +176,7 @@ fn ms_ceil(ms: f64) -> u64 {
 }
 
 /// A report side for a file as it is now.
-fn side(path: &Path, format: &str, virtual_size: u64) -> ImageSide {
+pub(crate) fn side(path: &Path, format: &str, virtual_size: u64) -> ImageSide {
     ImageSide {
         path: path.display().to_string(),
         format: format.to_owned(),

@@ -43,10 +43,14 @@ pub(crate) fn finish(
 
     clock.enter(Phase::References);
     let users = crate::safety::dependants(&cp.chain.top().path);
-    report.references.push(format!(
-        "point the VM at {} (format {}) instead of {}: e.g. virsh edit DOMAIN and change <source file=...> and <driver type=...>, or the -drive/-blockdev filename of your QEMU command line",
-        report.destination.path, report.destination.format, report.source.path
-    ));
+    report.references.push(match &run.ctx.parent {
+        // A domain job's disk: that job rewrites the definition once every disk is verified.
+        Some(parent) => format!("the domain's definition is updated by job {parent}"),
+        None => format!(
+            "point the VM at {} (format {}) instead of {}: e.g. virsh edit DOMAIN and change <source file=...> and <driver type=...>, or the -drive/-blockdev filename of your QEMU command line",
+            report.destination.path, report.destination.format, report.source.path
+        ),
+    });
     for u in &users {
         report.references.push(format!("{} uses the source as its backing file: rebase it onto the new path (qemu-img rebase -u -b {} -F {} {})", u.display(), report.destination.path, report.destination.format, u.display()));
     }

@@ -1,0 +1,361 @@
+//! The domain job: check (libvirt state and disks) → copy (live: libvirt block copy and
+//! pivot; shut off: one verified offline child job per disk) → references (the persistent
+//! definition names the new files) → clean up → report.
+
+use super::plan::{plan, plan_lines, DomainPlan};
+use super::{live, shutoff};
+use crate::event::JobEvent;
+use crate::handle::{ExitCode, JobCtx};
+use crate::journal::{lock_domain_job, open_journal, JournalLink, Watch};
+use crate::live::side;
+use crate::phases::{now_rfc3339, PhaseClock};
+use crate::request::DomainRequest;
+use crate::state::write_report;
+use crate::Result;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use vmshift_core::report::{DiskReport, JobError, Report};
+use vmshift_core::{JobKind, JobStatus, Phase};
+use vmshift_libvirt::{DiskChange, DomainState, Libvirt};
+
+/// What the copy phase left: each moved disk and the report's per-disk lines.
+pub struct Moved {
+    /// Per disk: report line (old → new, bytes, mode).
+    pub disks: Vec<DiskReport>,
+    /// Bytes copied, all disks.
+    pub bytes: u64,
+    /// Whether every copy was proven by digest (offline) — live copies are QEMU's mirror.
+    pub verified: bool,
+    /// Bytes verified by digest.
+    pub verified_bytes: u64,
+    /// Pivot time of all disks, ms (live).
+    pub pivot_ms: Option<u64>,
+    /// Notes and warnings for the report.
+    pub notes: Vec<String>,
+    /// Warnings for the report.
+    pub warnings: Vec<String>,
+}
+
+/// A failed copy phase: where, why, and the status (failed or cancelled).
+pub struct Failed {
+    /// The phase that failed.
+    pub phase: Phase,
+    /// One line.
+    pub message: String,
+    /// `Failed` or `Cancelled`.
+    pub status: JobStatus,
+}
+
+fn record(
+    ctx: &JobCtx,
+    r: &DomainRequest,
+    p: &DomainPlan,
+) -> Result<(JournalLink, Vec<vmshift_journal::FileLock>)> {
+    let j = open_journal()?;
+    let first = &p.disks[0];
+    let locks = lock_domain_job(&ctx.job_id, &p.uri, &p.name)?;
+    let mut options = serde_json::to_value(r)?;
+    options["report"] = serde_json::Value::Null;
+    let new = vmshift_journal::NewJob {
+        id: ctx.job_id.clone(),
+        kind: "domain".into(),
+        source: first.source.display().to_string(),
+        destination: first.dest.display().to_string(),
+        partial: String::new(),
+        options,
+        facts: json!({
+            "uri": p.uri, "domain": p.name, "state": p.state.as_str(),
+            "persistent": p.persistent, "old_xml": p.inactive_xml,
+            "disks": p.disks.iter().map(|d| json!({"target": d.target, "source": d.source,
+                "format": d.format.as_str(), "dest": d.dest, "dest_format": d.dest_format.as_str()}))
+                .collect::<Vec<_>>(),
+        }),
+        chunk_size: 0,
+        total_bytes: p.disks.iter().map(|d| d.allocated).sum(),
+    };
+    j.create_job(&new)?;
+    Ok((
+        JournalLink {
+            journal: Arc::new(Mutex::new(j)),
+            id: ctx.job_id.clone(),
+            run: 1,
+        },
+        locks,
+    ))
+}
+
+/// Runs a domain move.
+///
+/// # Errors
+/// The journal or the report cannot be written.
+pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> Result<ExitCode> {
+    let em = &ctx.em;
+    let started = Instant::now();
+    let mut report = Report::new(&ctx.job_id, JobKind::Domain, &now_rfc3339());
+    em.emit(JobEvent::Job {
+        job_id: ctx.job_id.clone(),
+        kind: JobKind::Domain,
+        resumed: None,
+    });
+    em.say(format!("vmshift: job {}", ctx.job_id));
+    let mut clock = PhaseClock::new(em);
+    clock.enter(Phase::Check);
+    if let Some(p) = r
+        .report
+        .as_deref()
+        .and_then(crate::safety::report_target_problem)
+    {
+        em.say(format!("vmshift: refused: {}", p.one_line()));
+        return Ok(2);
+    }
+    let checked = Libvirt::open(r.connect.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|lv| plan(&lv, r).map(|p| (lv, p)));
+    let (lv, p) = match checked {
+        Ok(x) => x,
+        Err(why) => {
+            em.say(format!("vmshift: refused: {why}"));
+            return Ok(2);
+        }
+    };
+    for l in plan_lines(&p) {
+        em.say(l);
+    }
+    let mut _locks = Vec::new();
+    if !r.no_journal {
+        match record(ctx, r, &p) {
+            Ok((link, locks)) => {
+                _locks = locks;
+                link.note(|j, id| j.phase_started(id, link.run, Phase::Check.as_str()));
+                clock.link = Some(link);
+            }
+            Err(e) => {
+                em.say(format!("vmshift: refused: {e}"));
+                return Ok(2);
+            }
+        }
+    }
+    let watch = Watch::start(clock.link.as_ref(), &ctx.control, em);
+    let first = &p.disks[0];
+    report.source = side(&first.source, first.format.as_str(), first.virtual_size);
+    report.notes.push(format!(
+        "domain {} ({}, {}) at {}",
+        p.name,
+        p.state.as_str(),
+        if p.persistent {
+            "persistent"
+        } else {
+            "transient"
+        },
+        p.uri
+    ));
+    let copied = if p.state == DomainState::Running {
+        live::run(ctx, &lv, &p, r, &mut clock)
+    } else {
+        shutoff::run(ctx, &p, r, &mut clock)
+    };
+    let outcome = copied.and_then(|m| {
+        clock.enter(Phase::References);
+        match update_definition(&lv, &p, r) {
+            Ok(refs) => Ok((m, refs)),
+            Err(e) => Err(Failed {
+                phase: Phase::References,
+                message: e,
+                status: JobStatus::Failed,
+            }),
+        }
+    });
+    let code = match outcome {
+        Ok((m, refs)) => {
+            clock.enter(Phase::Cleanup);
+            finish(ctx, &lv, &p, r, &mut report, m, refs);
+            0
+        }
+        Err(f) => {
+            report.status = f.status;
+            report.error = Some(JobError {
+                phase: f.phase,
+                message: f.message,
+            });
+            1
+        }
+    };
+    clock.end();
+    report.bwlimit_changes = watch.stop();
+    report.phases = std::mem::take(&mut clock.done);
+    let copy_ms = report
+        .phases
+        .iter()
+        .find(|x| x.name == Phase::Copy)
+        .map_or(0, |x| x.duration_ms);
+    #[allow(clippy::cast_precision_loss)] // milliseconds of a job
+    let copy_secs = copy_ms as f64 / 1000.0;
+    report.throughput_bytes_per_sec =
+        vmshift_core::rate_bytes_per_sec(report.bytes_copied, copy_secs);
+    report.duration_ms = vmshift_core::millis(started.elapsed());
+    let path = write_report(&report, r.report.as_deref())?;
+    if let Some(l) = &clock.link {
+        let error = report.error.as_ref().map(|e| e.message.clone());
+        let status = report.status.as_str();
+        let path_s = path.display().to_string();
+        l.note(|j, id| {
+            j.phase_ended(id, 0)?;
+            j.set_partial_state(id, "none")?;
+            j.set_report(id, &path_s)?;
+            j.set_status(id, status, error.as_deref())
+        });
+    }
+    match &report.error {
+        Some(e) => em.say(format!(
+            "vmshift: {}: {}",
+            report.status.as_str(),
+            e.message
+        )),
+        None => {
+            for d in &report.disks {
+                em.say(format!(
+                    "vmshift: {} moved {} -> {} ({})",
+                    d.device, d.old_path, d.new_path, d.format
+                ));
+            }
+            for r in &report.references {
+                em.say(format!("vmshift: {r}"));
+            }
+        }
+    }
+    em.say(format!("report: {}", path.display()));
+    em.report(&report, &path);
+    Ok(code)
+}
+
+/// Fills the report of a move whose definition now names the new files; refreshes the pool
+/// and deletes the sources when asked.
+fn finish(
+    ctx: &JobCtx,
+    lv: &Libvirt,
+    p: &DomainPlan,
+    r: &DomainRequest,
+    report: &mut Report,
+    m: Moved,
+    refs: Vec<String>,
+) {
+    report.status = JobStatus::Succeeded;
+    let first = &p.disks[0];
+    report.destination = side(&first.dest, first.dest_format.as_str(), first.virtual_size);
+    report.bytes_copied = m.bytes;
+
+    report.disks = m.disks;
+    report.pivot_ms = m.pivot_ms;
+    report.notes.extend(m.notes);
+    report.warnings.extend(m.warnings);
+    report.references = refs;
+    report.backing = if r.keep_backing { "kept" } else { "flattened" }.into();
+    report.verification.algorithm = if m.verified { "blake3" } else { "qemu-mirror" }.into();
+    report.verification.verified_bytes = m.verified_bytes;
+    report.verification.result = if m.verified { "match" } else { "skipped" }.into();
+    if let Some(pool) = &p.pool {
+        match lv.refresh_pool(pool) {
+            Ok(()) => report.notes.push(format!("pool {pool} refreshed")),
+            Err(e) => report.warnings.push(e.to_string()),
+        }
+    }
+    if r.delete_source {
+        let mut all = true;
+        for d in &p.disks {
+            if let Err(e) = std::fs::remove_file(&d.source) {
+                all = false;
+                report
+                    .warnings
+                    .push(format!("could not delete {}: {e}", d.source.display()));
+            }
+        }
+        report.source_deleted = all;
+    }
+    ctx.em.note(format!(
+        "domain {}: {} disk(s) moved",
+        p.name,
+        p.disks.len()
+    ));
+}
+
+/// Makes the persistent definition name each moved disk's new file and format (re-reading
+/// it first: libvirt may already have done so at the pivot) and proves it by reading it
+/// back. Returns the report's references (old → new per disk).
+fn update_definition(
+    lv: &Libvirt,
+    p: &DomainPlan,
+    r: &DomainRequest,
+) -> std::result::Result<Vec<String>, String> {
+    if !p.persistent {
+        return Ok(vec![format!(
+            "domain {} is transient: no persistent definition to update; it runs on the new files until it stops",
+            p.name
+        )]);
+    }
+    let dom = lv.domain(&p.name).map_err(|e| e.to_string())?;
+    let now = dom.xml(true).map_err(|e| e.to_string())?;
+    let defs = vmshift_libvirt::disks(&now).map_err(|e| e.to_string())?;
+    let mut changes = Vec::new();
+    for d in &p.disks {
+        let def = defs.iter().find(|x| x.target == d.target);
+        let right = def.is_some_and(|x| {
+            x.source.path() == Some(d.dest.as_path())
+                && x.format.as_deref() == Some(d.dest_format.as_str())
+        });
+        if !right {
+            changes.push(DiskChange {
+                target: d.target.clone(),
+                path: d.dest.clone(),
+                format: d.dest_format.as_str().into(),
+                drop_backing: !r.keep_backing,
+            });
+        }
+    }
+    if !changes.is_empty() {
+        let new = vmshift_libvirt::rewrite(&now, &changes).map_err(|e| e.to_string())?;
+        lv.define(&new).map_err(|e| e.to_string())?;
+    }
+    let after = vmshift_libvirt::disks(&dom.xml(true).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let old = p
+        .inactive_xml
+        .as_deref()
+        .and_then(|x| vmshift_libvirt::disks(x).ok())
+        .unwrap_or_default();
+    let mut refs = Vec::new();
+    for d in &p.disks {
+        let ok = after.iter().any(|x| {
+            x.target == d.target
+                && x.source.path() == Some(d.dest.as_path())
+                && x.format.as_deref() == Some(d.dest_format.as_str())
+        });
+        if !ok {
+            return Err(format!(
+                "the definition of {} still does not name {} for {} after redefining it",
+                p.name,
+                d.dest.display(),
+                d.target
+            ));
+        }
+        let was = old
+            .iter()
+            .find(|x| x.target == d.target)
+            .map_or_else(|| d.source.display().to_string(), |x| x.source.describe());
+        let fmt_was = old
+            .iter()
+            .find(|x| x.target == d.target)
+            .and_then(|x| x.format.clone())
+            .unwrap_or_else(|| d.format.as_str().into());
+        refs.push(format!(
+            "definition of {}: {} {} ({}) -> {} ({})",
+            p.name,
+            d.target,
+            was,
+            fmt_was,
+            d.dest.display(),
+            d.dest_format.as_str()
+        ));
+    }
+    Ok(refs)
+}

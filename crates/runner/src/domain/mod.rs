@@ -1,0 +1,74 @@
+//! libvirt domains (feature `libvirt`): plan (state, disks, refusals) → copy (live through
+//! libvirt's block copy, shut off through offline child jobs) → the persistent definition
+//! names the new files → report. Without the feature a domain request is refused.
+
+#[cfg(feature = "libvirt")]
+mod info;
+#[cfg(feature = "libvirt")]
+pub(crate) mod job;
+#[cfg(feature = "libvirt")]
+mod live;
+#[cfg(feature = "libvirt")]
+pub mod plan;
+#[cfg(feature = "libvirt")]
+mod shutoff;
+
+use crate::handle::{ExitCode, JobCtx};
+use crate::request::DomainRequest;
+
+/// The refusal of a build without libvirt.
+pub const NOT_BUILT: &str =
+    "this vmshift was built without libvirt support (build with --features libvirt; needs libvirt-dev)";
+
+/// Runs a domain move (refused without the `libvirt` feature).
+///
+/// # Errors
+/// The journal or the report cannot be written.
+pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> crate::Result<ExitCode> {
+    #[cfg(feature = "libvirt")]
+    {
+        job::run(ctx, r)
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = r;
+        ctx.em.say(format!("vmshift: refused: {NOT_BUILT}"));
+        Ok(2)
+    }
+}
+
+/// The check alone: plan lines and whether it would go ahead.
+pub fn check(r: &DomainRequest) -> (bool, Vec<String>) {
+    #[cfg(feature = "libvirt")]
+    {
+        let lv = match vmshift_libvirt::Libvirt::open(r.connect.as_deref()) {
+            Ok(lv) => lv,
+            Err(e) => return (false, vec![format!("refused: {e}")]),
+        };
+        match plan::plan(&lv, r) {
+            Ok(p) => (true, plan::plan_lines(&p)),
+            Err(why) => (false, vec![format!("refused: {why}")]),
+        }
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = r;
+        (false, vec![format!("refused: {NOT_BUILT}")])
+    }
+}
+
+/// `vmshift info --domain`: the domain's state and disks as JSON and as lines for people.
+///
+/// # Errors
+/// A one-line message: libvirt unreachable, no such domain, or a build without libvirt.
+pub fn info(connect: Option<&str>, name: &str) -> Result<(serde_json::Value, Vec<String>), String> {
+    #[cfg(feature = "libvirt")]
+    {
+        info::domain_info(connect, name)
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = (connect, name);
+        Err(NOT_BUILT.to_string())
+    }
+}

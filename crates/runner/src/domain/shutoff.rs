@@ -1,0 +1,106 @@
+//! A shut-off domain's disks by the offline engine: one child job per disk (checked,
+//! copied, verified, journaled and resumable on its own). The definition changes only once
+//! every disk is verified; a failing disk removes the copies already made.
+
+use super::job::{Failed, Moved};
+use super::plan::DomainPlan;
+use crate::handle::JobCtx;
+use crate::phases::PhaseClock;
+use crate::request::{DomainRequest, ImageFormat, OfflineRequest};
+use vmshift_core::report::DiskReport;
+use vmshift_core::{JobId, JobStatus, Phase};
+
+/// Copies and verifies every planned disk.
+pub(crate) fn run(
+    ctx: &JobCtx,
+    p: &DomainPlan,
+    r: &DomainRequest,
+    clock: &mut PhaseClock,
+) -> Result<Moved, Failed> {
+    clock.enter(Phase::Copy);
+    let mut moved = Moved {
+        disks: Vec::new(),
+        bytes: 0,
+        verified: true,
+        verified_bytes: 0,
+        pivot_ms: None,
+        notes: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut done: Vec<&std::path::Path> = Vec::new();
+    for d in &p.disks {
+        let mut req = OfflineRequest::new(&d.source, &d.dest);
+        req.format = Some(d.dest_format);
+        req.source_format = Some(d.format);
+        req.backing_format = d.backing.first().and_then(|b| match b.format.as_deref() {
+            Some("raw") => Some(ImageFormat::Raw),
+            Some("qcow2") => Some(ImageFormat::Qcow2),
+            _ => None,
+        });
+        req.keep_backing = r.keep_backing;
+        req.bwlimit = r.bwlimit;
+        req.no_journal = r.no_journal;
+        let child = JobId::new().0;
+        ctx.em
+            .note(format!("disk {}: offline job {child}", d.target));
+        let code = crate::offline::job::run_job(&ctx.child(child.clone()), &req, None);
+        let rep = ctx.em.report_of(&child);
+        let ok = matches!(code, Ok(0))
+            && rep.as_ref().is_some_and(|r| {
+                r.verification.result == "match" || r.verification.result == "skipped"
+            });
+        if !ok {
+            for f in &done {
+                let _ = std::fs::remove_file(f);
+            }
+            let why = rep
+                .and_then(|r| r.error.map(|e| e.message))
+                .or_else(|| code.err().map(|e| e.to_string()))
+                .unwrap_or_else(|| "failed".into());
+            let cancelled = ctx.control.is_cancelled();
+            return Err(Failed {
+                phase: Phase::Copy,
+                message: format!(
+                    "disk {} (offline job {child}): {why}; the definition is unchanged{}",
+                    d.target,
+                    if done.is_empty() {
+                        String::new()
+                    } else {
+                        ", the disks copied before it were removed".into()
+                    }
+                ),
+                status: if cancelled {
+                    JobStatus::Cancelled
+                } else {
+                    JobStatus::Failed
+                },
+            });
+        }
+        let rep = rep.unwrap_or_else(|| unreachable_report(&child));
+        done.push(&d.dest);
+        moved.bytes += rep.bytes_copied;
+        moved.verified_bytes += rep.verification.verified_bytes;
+        moved.verified &= rep.verification.result == "match";
+        moved.warnings.extend(rep.warnings.iter().cloned());
+        moved
+            .notes
+            .push(format!("disk {}: offline job {child}", d.target));
+        moved.disks.push(DiskReport {
+            device: d.target.clone(),
+            old_path: d.source.display().to_string(),
+            new_path: d.dest.display().to_string(),
+            format: d.dest_format.as_str().into(),
+            bytes: rep.bytes_copied,
+            copy_mode: "offline".into(),
+            copy_mode_reason: "the domain is shut off".into(),
+            pivot_ms: None,
+            time_to_ready_ms: None,
+        });
+    }
+    clock.enter(Phase::Verify);
+    Ok(moved)
+}
+
+fn unreachable_report(id: &str) -> vmshift_core::report::Report {
+    vmshift_core::report::Report::new(id, vmshift_core::JobKind::Offline, "")
+}
