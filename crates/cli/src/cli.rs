@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use vmshift_runner::{JobRequest, LiveRequest, OfflineRequest};
+use vmshift_runner::{DomainRequest, JobRequest, LiveRequest, OfflineRequest};
 
 /// Move a VM's disk storage, offline or live, and prove nothing was lost.
 #[derive(Debug, Parser)]
@@ -24,14 +24,25 @@ pub struct LiveFlags {
     pub qmp: Option<PathBuf>,
     /// Live: disk to move (device id like vd0, qdev path or node name); repeat for several.
     /// Default: every writable disk.
-    #[arg(long = "disk", value_name = "ID", requires = "qmp")]
+    /// With --domain: the disk's target dev (vda).
+    #[arg(long = "disk", value_name = "ID", requires = "vm")]
     pub disks: Vec<String>,
     /// Live: mirror copy mode.
     #[arg(long, value_enum, default_value_t = CopyMode::Auto)]
     pub copy_mode: CopyMode,
     /// Live: give up cleanly if the disks are not all ready after this many seconds.
-    #[arg(long, value_name = "SECONDS", requires = "qmp")]
+    #[arg(long, value_name = "SECONDS", requires = "vm")]
     pub ready_timeout: Option<u64>,
+    /// A libvirt domain: move its disks (live through libvirt's block copy when it runs,
+    /// offline when it is shut off) and update its definition.
+    #[arg(long, value_name = "NAME", conflicts_with = "qmp")]
+    pub domain: Option<String>,
+    /// libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system, as virsh).
+    #[arg(long, value_name = "URI", requires = "domain")]
+    pub connect: Option<String>,
+    /// With --domain: a directory storage pool as the destination (refreshed afterwards).
+    #[arg(long, value_name = "POOL", requires = "domain", conflicts_with = "to")]
+    pub pool: Option<String>,
 }
 
 /// Every subcommand.
@@ -41,7 +52,7 @@ pub enum Command {
     Info {
         /// The image file (not with --qmp).
         #[arg(
-            required_unless_present = "qmp",
+            required_unless_present_any = ["qmp", "domain"],
             default_value = ".",
             hide_default_value = true
         )]
@@ -49,6 +60,12 @@ pub enum Command {
         /// Show the disks of a running QEMU through its QMP socket instead of an image.
         #[arg(long, value_name = "SOCKET")]
         qmp: Option<PathBuf>,
+        /// Show a libvirt domain: its state, disks and what a move would do.
+        #[arg(long, value_name = "NAME", conflicts_with = "qmp")]
+        domain: Option<String>,
+        /// libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
+        #[arg(long, value_name = "URI", requires = "domain")]
+        connect: Option<String>,
         /// Format of the image if you know it (default: read from its header).
         #[arg(long, value_enum)]
         source_format: Option<FormatArg>,
@@ -186,10 +203,11 @@ pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
 
 /// Arguments shared by `check` and `migrate`; they become a [`vmshift_runner::JobRequest`].
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("vm").args(["qmp", "domain"]).multiple(false)))]
 pub struct MigrateArgs {
-    /// The source image (qcow2 or raw); not with --qmp.
+    /// The source image (qcow2 or raw); not with --qmp or --domain.
     #[arg(
-        required_unless_present = "qmp",
+        required_unless_present_any = ["qmp", "domain"],
         default_value = ".",
         hide_default_value = true
     )]
@@ -198,8 +216,8 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub live: LiveFlags,
     /// Destination: an existing directory (the image keeps its file name) or a file path.
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(long, required_unless_present = "pool")]
+    pub to: Option<PathBuf>,
     /// Target format (default: the source's).
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -277,12 +295,31 @@ fn parse_threads(s: &str) -> Result<usize, String> {
 }
 
 impl MigrateArgs {
-    /// The job these arguments ask for: live with `--qmp`, else offline.
+    /// The job these arguments ask for: a libvirt domain with `--domain`, live with
+    /// `--qmp`, else offline.
     pub fn request(&self) -> JobRequest {
+        let to = self.to.clone().unwrap_or_default();
+        if let Some(domain) = &self.live.domain {
+            return JobRequest::Domain(DomainRequest {
+                domain: domain.clone(),
+                connect: self.live.connect.clone(),
+                to: self.to.clone(),
+                pool: self.live.pool.clone(),
+                disks: self.live.disks.clone(),
+                format: self.format,
+                keep_backing: self.keep_backing,
+                bwlimit: self.bwlimit,
+                copy_mode: self.live.copy_mode,
+                ready_timeout: self.live.ready_timeout,
+                delete_source: self.delete_source,
+                report: self.report.clone(),
+                no_journal: self.no_journal,
+            });
+        }
         match &self.live.qmp {
             Some(qmp) => JobRequest::Live(LiveRequest {
                 qmp: qmp.clone(),
-                to: self.to.clone(),
+                to,
                 disks: self.live.disks.clone(),
                 format: self.format,
                 shallow: self.keep_backing,
@@ -295,7 +332,7 @@ impl MigrateArgs {
             }),
             None => JobRequest::Offline(OfflineRequest {
                 source: self.source.clone(),
-                to: self.to.clone(),
+                to,
                 format: self.format,
                 source_format: self.source_format,
                 backing_format: self.backing_format,

@@ -164,3 +164,23 @@ pub fn run_qmp(sock: &Path, json_out: bool) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// Prints a libvirt domain's state and disks. Exit 0 when libvirt answered, 2 otherwise.
+pub fn run_domain(connect: Option<&str>, name: &str, json_out: bool) -> Result<i32> {
+    match vmshift_runner::domain::info(connect, name) {
+        Ok((v, lines)) => {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("vmshift: error: {e}");
+            Ok(2)
+        }
+    }
+}

@@ -42,6 +42,12 @@ fn run(command: &Command) -> anyhow::Result<i32> {
     };
     match command {
         Command::Info {
+            domain: Some(name),
+            connect,
+            json,
+            ..
+        } => info::run_domain(connect.as_deref(), name, *json),
+        Command::Info {
             qmp: Some(sock),
             json,
             ..
@@ -51,7 +57,7 @@ fn run(command: &Command) -> anyhow::Result<i32> {
             source_format,
             backing_format,
             json,
-            qmp: None,
+            ..
         } => info::run(image, *source_format, *backing_format, *json),
         Command::Check(args) => check(&runner, args),
         Command::Migrate(args) => follow(runner.start(args.request()), args.json),
@@ -110,6 +116,9 @@ fn check(runner: &Runner, args: &MigrateArgs) -> anyhow::Result<i32> {
             Plan::LiveRefused(why) => {
                 serde_json::json!({"event": "plan", "go": false, "reason": why})
             }
+            Plan::Domain(go, lines) => {
+                serde_json::json!({"event": "plan", "go": go, "lines": lines})
+            }
         };
         println!("{v}");
     } else {
@@ -121,6 +130,9 @@ fn check(runner: &Runner, args: &MigrateArgs) -> anyhow::Result<i32> {
             "check: {}",
             match (go, live) {
                 (true, false) => "the migration would go ahead",
+                (true, true) if matches!(plan, Plan::Domain(..)) => {
+                    "the domain's migration would go ahead"
+                }
                 (true, true) => "the live migration would go ahead",
                 (false, _) => "refused",
             }
