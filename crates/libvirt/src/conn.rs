@@ -69,6 +69,20 @@ pub struct BlockJobInfo {
     pub bandwidth: u64,
 }
 
+impl BlockJobInfo {
+    /// The job's type as virsh names it (`copy`, `pull`, ...).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            1 => "pull",
+            2 => "copy",
+            3 => "commit",
+            4 => "active commit",
+            5 => "backup",
+            _ => "unknown",
+        }
+    }
+}
+
 /// A domain of a [`Libvirt`] connection.
 pub struct DomainRef {
     pub(crate) dom: Domain,

@@ -55,6 +55,9 @@ pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitC
     if job.kind == "live" {
         return crate::live::cancel::cancel_live(ctx, &j, &job, keep_partial);
     }
+    if job.kind == "domain" {
+        return crate::domain::control::cancel(ctx, &j, &job);
+    }
     // Nobody runs it: close it here, holding its lock so no resume starts meanwhile.
     let _locks = lock_job(&job.id, Path::new(&job.destination))?;
     let state = if job.partial.is_empty() {
@@ -115,6 +118,7 @@ pub(crate) fn resume(ctx: &JobCtx, id: &str, report: Option<PathBuf>) -> Result<
     match job.kind.as_str() {
         "live" => crate::live::resume::resume_live(ctx, j, job, report),
         "offline" => crate::offline::resume::run_resume(ctx, j, job, report),
+        "domain" => crate::domain::control::resume(ctx, j, job, report),
         other => refuse(format!("job {} has an unknown kind {other:?}", job.id)),
     }
 }
@@ -189,6 +193,9 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
     }
     if job.kind == "live" {
         return crate::live::rollback::rollback_live(ctx, &j, &job);
+    }
+    if job.kind == "domain" {
+        return crate::domain::control::rollback(ctx, &j, &job);
     }
     let _locks = lock_job(&job.id, Path::new(&job.destination))?;
     let source = Path::new(&job.source);

@@ -154,6 +154,7 @@ impl Emitter {
     }
 
     /// The last report job `job_id` emitted (a child job's, for its parent).
+    #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
     pub fn report_of(&self, job_id: &str) -> Option<Report> {
         self.last_report
             .lock()

@@ -2,17 +2,19 @@
 //! pivot; shut off: one verified offline child job per disk) → references (the persistent
 //! definition names the new files) → clean up → report.
 
-use super::plan::{plan, plan_lines, DomainPlan};
+use super::plan::{plan_lines, plan_resumed, DomainPlan};
 use super::{live, shutoff};
 use crate::event::JobEvent;
 use crate::handle::{ExitCode, JobCtx};
-use crate::journal::{lock_domain_job, open_journal, JournalLink, Watch};
+use crate::journal::{lock_child_job, lock_domain_job, open_journal, JournalLink, Watch};
 use crate::live::side;
 use crate::phases::{now_rfc3339, PhaseClock};
 use crate::request::DomainRequest;
 use crate::state::write_report;
 use crate::Result;
 use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmshift_core::report::{DiskReport, JobError, Report};
@@ -54,7 +56,12 @@ fn record(
 ) -> Result<(JournalLink, Vec<vmshift_journal::FileLock>)> {
     let j = open_journal()?;
     let first = &p.disks[0];
-    let locks = lock_domain_job(&ctx.job_id, &p.uri, &p.name)?;
+    // A rollback's move back runs under its parent, which holds the domain's lock.
+    let locks = if ctx.parent.is_some() {
+        lock_child_job(&ctx.job_id)?
+    } else {
+        lock_domain_job(&ctx.job_id, &p.uri, &p.name)?
+    };
     let mut options = serde_json::to_value(r)?;
     options["report"] = serde_json::Value::Null;
     let new = vmshift_journal::NewJob {
@@ -68,7 +75,8 @@ fn record(
             "uri": p.uri, "domain": p.name, "state": p.state.as_str(),
             "persistent": p.persistent, "old_xml": p.inactive_xml,
             "disks": p.disks.iter().map(|d| json!({"target": d.target, "source": d.source,
-                "format": d.format.as_str(), "dest": d.dest, "dest_format": d.dest_format.as_str()}))
+                "format": d.format.as_str(), "dest": d.dest, "dest_format": d.dest_format.as_str(),
+                "virtual_size": d.virtual_size}))
                 .collect::<Vec<_>>(),
         }),
         chunk_size: 0,
@@ -85,18 +93,47 @@ fn record(
     ))
 }
 
+/// What a resumed run carries over from the interrupted one.
+pub(crate) struct Continue {
+    /// The job's journal record, with this run's number.
+    pub link: JournalLink,
+    /// The job and domain locks, already held.
+    pub locks: Vec<vmshift_journal::FileLock>,
+    /// What the resume did before this run (for the report).
+    pub notes: Vec<String>,
+    /// Shut off: each disk's offline job of the earlier run (target dev → job id).
+    pub children: HashMap<String, String>,
+    /// Targets the earlier run verified (they may exist).
+    pub done: Vec<PathBuf>,
+    /// Live, interrupted after the pivot: the recorded plan; only the definition, clean-up
+    /// and report remain.
+    pub after_pivot: Option<DomainPlan>,
+}
+
 /// Runs a domain move.
 ///
 /// # Errors
 /// The journal or the report cannot be written.
 pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> Result<ExitCode> {
+    run_with(ctx, r, None)
+}
+
+/// Runs a domain move, or continues an interrupted one under its job id.
+///
+/// # Errors
+/// The journal or the report cannot be written.
+pub(crate) fn run_with(
+    ctx: &JobCtx,
+    r: &DomainRequest,
+    cont: Option<Continue>,
+) -> Result<ExitCode> {
     let em = &ctx.em;
     let started = Instant::now();
     let mut report = Report::new(&ctx.job_id, JobKind::Domain, &now_rfc3339());
     em.emit(JobEvent::Job {
         job_id: ctx.job_id.clone(),
         kind: JobKind::Domain,
-        resumed: None,
+        resumed: cont.as_ref().map(|_| true),
     });
     em.say(format!("vmshift: job {}", ctx.job_id));
     let mut clock = PhaseClock::new(em);
@@ -109,9 +146,16 @@ pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> Result<ExitCode> {
         em.say(format!("vmshift: refused: {}", p.one_line()));
         return Ok(2);
     }
+    let done = cont.as_ref().map(|c| c.done.clone()).unwrap_or_default();
+    let mut cont = cont;
+    let after_pivot = cont.as_mut().and_then(|c| c.after_pivot.take());
+    let pivoted = after_pivot.is_some();
     let checked = Libvirt::open(r.connect.as_deref())
         .map_err(|e| e.to_string())
-        .and_then(|lv| plan(&lv, r).map(|p| (lv, p)));
+        .and_then(|lv| match after_pivot {
+            Some(p) => Ok((lv, p)),
+            None => plan_resumed(&lv, r, &done).map(|p| (lv, p)),
+        });
     let (lv, p) = match checked {
         Ok(x) => x,
         Err(why) => {
@@ -123,7 +167,15 @@ pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> Result<ExitCode> {
         em.say(l);
     }
     let mut _locks = Vec::new();
-    if !r.no_journal {
+    let mut children = HashMap::new();
+    if let Some(c) = cont {
+        _locks = c.locks;
+        report.notes = c.notes;
+        children = c.children;
+        c.link
+            .note(|j, id| j.phase_started(id, c.link.run, Phase::Check.as_str()));
+        clock.link = Some(c.link);
+    } else if !r.no_journal {
         match record(ctx, r, &p) {
             Ok((link, locks)) => {
                 _locks = locks;
@@ -150,10 +202,16 @@ pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> Result<ExitCode> {
         },
         p.uri
     ));
-    let copied = if p.state == DomainState::Running {
+    let copied = if pivoted {
+        report.notes.push(
+            "resume: the disks were pivoted before the interruption; finished the remaining phases"
+                .into(),
+        );
+        Ok(recorded_moves(&p))
+    } else if p.state == DomainState::Running {
         live::run(ctx, &lv, &p, r, &mut clock)
     } else {
-        shutoff::run(ctx, &p, r, &mut clock)
+        shutoff::run(ctx, &p, r, &mut clock, &children)
     };
     let outcome = copied.and_then(|m| {
         clock.enter(Phase::References);
@@ -227,6 +285,33 @@ pub(crate) fn run(ctx: &JobCtx, r: &DomainRequest) -> Result<ExitCode> {
     em.say(format!("report: {}", path.display()));
     em.report(&report, &path);
     Ok(code)
+}
+
+/// The copy phase of a run interrupted after its pivot, as the plan recorded it.
+fn recorded_moves(p: &DomainPlan) -> Moved {
+    Moved {
+        disks: p
+            .disks
+            .iter()
+            .map(|d| DiskReport {
+                device: d.target.clone(),
+                old_path: d.source.display().to_string(),
+                new_path: d.dest.display().to_string(),
+                format: d.dest_format.as_str().into(),
+                bytes: 0,
+                copy_mode: String::new(),
+                copy_mode_reason: "copied and pivoted by the interrupted run".into(),
+                pivot_ms: None,
+                time_to_ready_ms: None,
+            })
+            .collect(),
+        bytes: 0,
+        verified: false,
+        verified_bytes: 0,
+        pivot_ms: None,
+        notes: Vec::new(),
+        warnings: Vec::new(),
+    }
 }
 
 /// Fills the report of a move whose definition now names the new files; refreshes the pool

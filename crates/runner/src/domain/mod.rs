@@ -3,6 +3,34 @@
 //! names the new files → report. Without the feature a domain request is refused.
 
 #[cfg(feature = "libvirt")]
+pub(crate) mod control;
+#[cfg(not(feature = "libvirt"))]
+pub(crate) mod control {
+    //! Without libvirt, commands on a domain job are refused.
+    use crate::handle::{ExitCode, JobCtx};
+    use vmshift_journal::{JobRecord, Journal};
+
+    fn refused(ctx: &JobCtx) -> crate::Result<ExitCode> {
+        ctx.em
+            .say(format!("vmshift: refused: {}", super::NOT_BUILT));
+        Ok(2)
+    }
+    pub(crate) fn cancel(ctx: &JobCtx, _: &Journal, _: &JobRecord) -> crate::Result<ExitCode> {
+        refused(ctx)
+    }
+    pub(crate) fn rollback(ctx: &JobCtx, _: &Journal, _: &JobRecord) -> crate::Result<ExitCode> {
+        refused(ctx)
+    }
+    pub(crate) fn resume(
+        ctx: &JobCtx,
+        _: Journal,
+        _: JobRecord,
+        _: Option<std::path::PathBuf>,
+    ) -> crate::Result<ExitCode> {
+        refused(ctx)
+    }
+}
+#[cfg(feature = "libvirt")]
 mod info;
 #[cfg(feature = "libvirt")]
 pub(crate) mod job;
@@ -10,6 +38,8 @@ pub(crate) mod job;
 mod live;
 #[cfg(feature = "libvirt")]
 pub mod plan;
+#[cfg(feature = "libvirt")]
+mod recorded;
 #[cfg(feature = "libvirt")]
 mod shutoff;
 

@@ -143,6 +143,16 @@ fn dest_dir(lv: &Libvirt, r: &DomainRequest) -> Result<PathBuf, String> {
 
 /// Plans the move of `r.domain`: `Err` is the one-line refusal.
 pub fn plan(lv: &Libvirt, r: &DomainRequest) -> Result<DomainPlan, String> {
+    plan_resumed(lv, r, &[])
+}
+
+/// [`plan`] for a resumed job: the targets in `done` (verified by this job's earlier run)
+/// may exist and need no room.
+pub fn plan_resumed(
+    lv: &Libvirt,
+    r: &DomainRequest,
+    done: &[PathBuf],
+) -> Result<DomainPlan, String> {
     let dom = lv.domain(&r.domain).map_err(|e| e.to_string())?;
     let state = dom.state().map_err(|e| e.to_string())?;
     domain_problems(&dom, state)?;
@@ -192,12 +202,12 @@ pub fn plan(lv: &Libvirt, r: &DomainRequest) -> Result<DomainPlan, String> {
             skipped.push(format!("{}: {why}, left in place", d.target));
             continue;
         }
-        disks.push(plan_disk(lv, &dom, d, r, &dest, state)?);
+        disks.push(plan_disk(lv, &dom, d, r, &dest, state, done)?);
     }
     if disks.is_empty() {
         return Err(format!("domain {} has no writable disk to move", r.domain));
     }
-    capacity(&disks, &dest)?;
+    capacity(&disks, &dest, done)?;
     Ok(DomainPlan {
         uri: lv.uri().to_owned(),
         name: r.domain.clone(),
@@ -218,6 +228,7 @@ fn plan_disk(
     r: &DomainRequest,
     dest: &Path,
     state: DomainState,
+    done: &[PathBuf],
 ) -> Result<PlannedDisk, String> {
     let source = source_path(lv, d)?;
     let format = format_of(d.format.as_deref(), &format!("disk {}", d.target))?;
@@ -232,8 +243,8 @@ fn plan_disk(
     if state == DomainState::Running {
         if let Some(j) = dom.block_job(&d.target).map_err(|e| e.to_string())? {
             return Err(format!(
-                "disk {} is already in a block job (type {}): wait for it or end it (virsh blockjob {} {} --abort)",
-                d.target, j.kind, dom.name, d.target
+                "disk {} is already in a block job ({}): wait for it or end it (virsh blockjob {} {} --abort)",
+                d.target, j.kind_name(), dom.name, d.target
             ));
         }
     }
@@ -252,7 +263,7 @@ fn plan_disk(
             dest.display()
         ));
     }
-    if dest_path.exists() {
+    if dest_path.exists() && !done.contains(&dest_path) {
         return Err(format!(
             "target {} already exists: remove it or choose another destination",
             dest_path.display()
@@ -297,8 +308,12 @@ fn virtual_size(source: &Path, format: ImageFormat) -> Result<u64, String> {
 
 /// Refuses a move whose disks' allocated bytes (plus 1 MiB each of metadata) exceed the
 /// destination's free space.
-fn capacity(disks: &[PlannedDisk], dest: &Path) -> Result<(), String> {
-    let need: u64 = disks.iter().map(|d| d.allocated + (1 << 20)).sum();
+fn capacity(disks: &[PlannedDisk], dest: &Path, done: &[PathBuf]) -> Result<(), String> {
+    let need: u64 = disks
+        .iter()
+        .filter(|d| !done.contains(&d.dest))
+        .map(|d| d.allocated + (1 << 20))
+        .sum();
     let free = rustix::fs::statvfs(dest)
         .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
         .unwrap_or(0);

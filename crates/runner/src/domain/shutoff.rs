@@ -4,18 +4,77 @@
 
 use super::job::{Failed, Moved};
 use super::plan::DomainPlan;
-use crate::handle::JobCtx;
+use crate::handle::{ExitCode, JobCtx};
+use crate::journal::{open_journal, JournalLink};
 use crate::phases::PhaseClock;
 use crate::request::{DomainRequest, ImageFormat, OfflineRequest};
-use vmshift_core::report::DiskReport;
+use std::collections::HashMap;
+use std::path::Path;
+use vmshift_core::report::{DiskReport, Report};
 use vmshift_core::{JobId, JobStatus, Phase};
 
-/// Copies and verifies every planned disk.
+/// The offline job of one disk: the earlier run's (a resume) when it finished or can go
+/// on, else a new one. Its id is recorded in the domain job's facts before it starts.
+fn disk_job(
+    ctx: &JobCtx,
+    link: Option<&JournalLink>,
+    target: &str,
+    earlier: Option<&String>,
+    req: &OfflineRequest,
+) -> (String, crate::Result<ExitCode>) {
+    if let (Some(id), Some(_)) = (earlier, link) {
+        let j = open_journal();
+        let rec = j.as_ref().ok().and_then(|j| j.job(id).ok());
+        if let (Ok(j), Some(rec)) = (j, rec) {
+            if rec.status == "succeeded" && Path::new(&rec.destination).exists() {
+                // Verified by the earlier run: its report says so.
+                let rep = rec
+                    .report
+                    .as_ref()
+                    .and_then(|f| std::fs::read(f).ok())
+                    .and_then(|b| serde_json::from_slice::<Report>(&b).ok());
+                if let Some(rep) = rep {
+                    ctx.em.note(format!(
+                        "disk {target}: verified by offline job {id} of the earlier run"
+                    ));
+                    ctx.em
+                        .report(&rep, Path::new(rec.report.as_deref().unwrap_or_default()));
+                    return (id.clone(), Ok(0));
+                }
+            }
+            if matches!(rec.status.as_str(), "running" | "failed" | "cancelled")
+                && crate::journal::running_pid(id).is_none()
+            {
+                ctx.em
+                    .note(format!("disk {target}: resuming offline job {id}"));
+                let code = crate::offline::resume::run_resume(&ctx.child(id.clone()), j, rec, None);
+                if !matches!(code, Ok(2)) {
+                    return (id.clone(), code);
+                }
+            }
+        }
+    }
+    let child = JobId::new().0;
+    if let Some(link) = link {
+        link.note(|j, id| {
+            let mut facts = j.job(id)?.facts;
+            facts["children"][target] = serde_json::Value::String(child.clone());
+            j.set_facts(id, &facts)
+        });
+    }
+    ctx.em.note(format!("disk {target}: offline job {child}"));
+    let code = crate::offline::job::run_job(&ctx.child(child.clone()), req, None);
+    (child, code)
+}
+
+/// Copies and verifies every planned disk; `earlier` maps disks to the offline jobs of an
+/// interrupted run (a resume).
 pub(crate) fn run(
     ctx: &JobCtx,
     p: &DomainPlan,
     r: &DomainRequest,
     clock: &mut PhaseClock,
+    earlier: &HashMap<String, String>,
 ) -> Result<Moved, Failed> {
     clock.enter(Phase::Copy);
     let mut moved = Moved {
@@ -40,10 +99,13 @@ pub(crate) fn run(
         req.keep_backing = r.keep_backing;
         req.bwlimit = r.bwlimit;
         req.no_journal = r.no_journal;
-        let child = JobId::new().0;
-        ctx.em
-            .note(format!("disk {}: offline job {child}", d.target));
-        let code = crate::offline::job::run_job(&ctx.child(child.clone()), &req, None);
+        let (child, code) = disk_job(
+            ctx,
+            clock.link.as_ref(),
+            &d.target,
+            earlier.get(&d.target),
+            &req,
+        );
         let rep = ctx.em.report_of(&child);
         let ok = matches!(code, Ok(0))
             && rep.as_ref().is_some_and(|r| {

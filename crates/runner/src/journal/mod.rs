@@ -76,6 +76,16 @@ pub fn lock_domain_job(id: &str, uri: &str, name: &str) -> Result<Vec<FileLock>>
     lock_job_on(id, &key, &format!("domain {name}"))
 }
 
+/// Takes the job lock alone: a job its parent started, which holds the other locks.
+///
+/// # Errors
+/// A one-line refusal naming the holder's pid.
+pub fn lock_child_job(id: &str) -> Result<Vec<FileLock>> {
+    FileLock::acquire(&job_lock_path(id)?, &format!("job {id}"))
+        .map(|l| vec![l])
+        .map_err(|e| RunnerError::msg(e.to_string()))
+}
+
 fn lock_job_on(id: &str, key: &Path, what: &str) -> Result<Vec<FileLock>> {
     let refuse = |e: LockError| match e {
         LockError::Held { what, pid, .. } => RunnerError::msg(format!(
