@@ -86,9 +86,16 @@ pub enum Command {
         /// Print NDJSON events and the report on stdout.
         #[arg(long)]
         json: bool,
-        /// Skip the live part (booting the test guest and moving its disk while it writes).
+        /// Skip the live parts (booting the test guest and moving its disk while it writes).
         #[arg(long)]
         offline_only: bool,
+        /// Require the libvirt part (a domain moved through libvirt); by default it runs
+        /// when libvirt is installed.
+        #[arg(long, conflicts_with_all = ["offline_only", "no_libvirt"])]
+        libvirt: bool,
+        /// Skip the libvirt part.
+        #[arg(long)]
+        no_libvirt: bool,
     },
     /// List the jobs in the journal (id, kind, source, destination, status, progress).
     #[command(args_conflicts_with_subcommands = true)]

@@ -9,7 +9,7 @@ mod render;
 
 use clap::Parser;
 use cli::{Cli, Command, MigrateArgs};
-use vmshift_runner::{JobHandle, Plan, Runner};
+use vmshift_runner::{DemoLibvirt, JobHandle, Plan, Runner};
 
 fn main() {
     // Die quietly on a closed pipe (`vmshift status JOB | head`) like other tools, instead
@@ -61,8 +61,18 @@ fn run(command: &Command) -> anyhow::Result<i32> {
         } => info::run(image, *source_format, *backing_format, *json),
         Command::Check(args) => check(&runner, args),
         Command::Migrate(args) => follow(runner.start(args.request()), args.json),
-        Command::Demo { json, offline_only } => {
-            let outcome = render::follow(runner.demo(*offline_only)?, *json)?;
+        Command::Demo {
+            json,
+            offline_only,
+            libvirt,
+            no_libvirt,
+        } => {
+            let part = match (libvirt, no_libvirt) {
+                (true, _) => DemoLibvirt::Require,
+                (_, true) => DemoLibvirt::Skip,
+                _ => DemoLibvirt::Auto,
+            };
+            let outcome = render::follow(runner.demo(*offline_only, part)?, *json)?;
             if !json {
                 for r in &outcome.reports {
                     println!("{}", r.to_markdown());

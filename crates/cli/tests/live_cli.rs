@@ -299,7 +299,7 @@ fn vmshift_cancel_job_mid_copy_cancels_the_live_job() {
 }
 
 #[test]
-fn demo_live_moves_the_writing_guest_and_checks_every_block() {
+fn demo_moves_the_writing_guest_live_and_as_a_libvirt_domain_and_checks_every_block() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = vmshift(dir.path())
         .args(["demo", "--json"])
@@ -330,4 +330,22 @@ fn demo_live_moves_the_writing_guest_and_checks_every_block() {
         .expect("guest check");
     assert_eq!(check["blocks"], 2048);
     assert!(check["floor"].as_u64().is_some_and(|f| f > 0), "{check}");
+    // The libvirt part (libvirt is installed here): a domain moved live, its definition
+    // rewritten, both disks' stamps checked after the plug was pulled.
+    let domain = events
+        .iter()
+        .filter(|e| e["event"] == "report")
+        .map(|e| &e["report"])
+        .find(|r| r["kind"] == "domain")
+        .expect("a domain report");
+    assert_eq!(domain["status"], "succeeded", "{domain}");
+    assert_eq!(domain["references"].as_array().map(Vec::len), Some(2));
+    let checks: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "guest_check")
+        .collect();
+    assert_eq!(checks.len(), 3, "one QMP and two libvirt disk checks");
+    assert!(checks[1..]
+        .iter()
+        .all(|c| c["blocks"] == 2048 && c["floor"].as_u64().is_some_and(|f| f > 0)));
 }

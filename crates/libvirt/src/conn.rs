@@ -252,6 +252,38 @@ impl DomainRef {
             .map_err(api(format!("domain {} XML", self.name)))
     }
 
+    /// Starts the (shut-off, persistent) domain (`virDomainCreate`).
+    ///
+    /// # Errors
+    /// libvirt or QEMU refuses to start it.
+    pub fn start(&self) -> Result<(), LibvirtError> {
+        self.dom
+            .create()
+            .map(|_| ())
+            .map_err(api(format!("starting domain {}", self.name)))
+    }
+
+    /// Stops the domain at once, like pulling the plug (`virDomainDestroy`).
+    ///
+    /// # Errors
+    /// The call fails (for example: the domain is not running).
+    pub fn destroy(&self) -> Result<(), LibvirtError> {
+        self.dom
+            .destroy()
+            .map_err(api(format!("destroying domain {}", self.name)))
+    }
+
+    /// Removes the persistent definition (`virDomainUndefine`); a running domain becomes
+    /// transient.
+    ///
+    /// # Errors
+    /// The call fails.
+    pub fn undefine(&self) -> Result<(), LibvirtError> {
+        self.dom
+            .undefine()
+            .map_err(api(format!("undefining domain {}", self.name)))
+    }
+
     /// How many snapshots libvirt keeps metadata for.
     ///
     /// # Errors

@@ -105,6 +105,13 @@ pub(crate) fn offline(ctx: &JobCtx) -> Result<ExitCode> {
     crate::offline::job::run_job(ctx, &req, None)
 }
 
+/// The source tree whose `scripts/build-guest.sh` builds the test guest.
+pub(crate) fn repo() -> PathBuf {
+    std::env::var_os("VMSHIFT_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
 /// The live demo job: boots the test guest (built and cached by `scripts/build-guest.sh`)
 /// on a 64 MiB disk, lets it write stamped blocks, moves the disk live while it writes,
 /// shuts the guest down and checks every block of the target against the last sequence the
@@ -120,10 +127,7 @@ pub(crate) fn live(ctx: &JobCtx) -> Result<ExitCode> {
     let (a, b) = (root.join("datastore-a"), root.join("datastore-b"));
     std::fs::create_dir_all(&a).map_err(demo_io)?;
     std::fs::create_dir_all(&b).map_err(demo_io)?;
-    let repo = std::env::var_os("VMSHIFT_REPO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    let guest = Guest::build(&repo).map_err(|e| {
+    let guest = Guest::build(&repo()).map_err(|e| {
         demo_io(format!(
             "building the test guest (scripts/build-guest.sh): {e}"
         ))
@@ -188,4 +192,21 @@ pub(crate) fn live(ctx: &JobCtx) -> Result<ExitCode> {
         });
     }
     Ok(code)
+}
+
+/// The libvirt demo job ([`crate::domain`]): `Ok(None)` when libvirt is not installed or
+/// this vmshift was built without it.
+///
+/// # Errors
+/// The guest cannot be built or booted, libvirt refuses the domain, or a check fails.
+pub(crate) fn libvirt(ctx: &JobCtx) -> Result<Option<ExitCode>> {
+    #[cfg(feature = "libvirt")]
+    {
+        crate::domain::demo::run(ctx, &repo())
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = ctx;
+        Ok(None)
+    }
 }

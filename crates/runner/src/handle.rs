@@ -279,10 +279,18 @@ impl JobCtx {
     /// controls, its own id.
     pub fn child(&self, job_id: String) -> JobCtx {
         JobCtx {
+            parent: Some(self.job_id.clone()),
+            ..self.next(job_id)
+        }
+    }
+
+    /// Another job of its own sharing this one's events and controls (the demo's parts).
+    pub fn next(&self, job_id: String) -> JobCtx {
+        JobCtx {
             job_id,
             em: self.em.clone(),
             control: self.control.clone(),
-            parent: Some(self.job_id.clone()),
+            parent: None,
         }
     }
 }

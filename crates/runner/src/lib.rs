@@ -61,4 +61,4 @@ pub use request::{
     CopyMode, DomainRequest, DropProperty, ImageFormat, IoMode, JobRequest, LiveRequest,
     OfflineRequest, VerifyMode,
 };
-pub use runner::{Plan, Runner};
+pub use runner::{DemoLibvirt, Plan, Runner};

@@ -3,7 +3,7 @@
 use crate::handle::{spawn, JobControl, JobHandle};
 use crate::live::LiveCheck;
 use crate::request::JobRequest;
-use crate::Result;
+use crate::{Result, RunnerError};
 use std::path::PathBuf;
 use vmshift_core::JobId;
 
@@ -172,19 +172,44 @@ impl Runner {
     }
 
     /// Runs the demo (see [`crate::demo`]): the offline move of a sample VM disk, then,
-    /// unless `offline_only` or the first part failed, the live move of the test guest.
+    /// unless `offline_only` or a part failed, the live move of the test guest over QMP and
+    /// (as `libvirt` says) the live move of a libvirt domain running it.
     ///
     /// # Errors
     /// The job's thread cannot be started.
-    pub fn demo(&self, offline_only: bool) -> Result<JobHandle> {
+    pub fn demo(&self, offline_only: bool, libvirt: DemoLibvirt) -> Result<JobHandle> {
         spawn(JobId::new().0, JobControl::default(), move |ctx| {
             let code = crate::demo::offline(ctx)?;
             if code != 0 || offline_only {
                 return Ok(code);
             }
-            crate::demo::live(&ctx.child(JobId::new().0))
+            let code = crate::demo::live(&ctx.next(JobId::new().0))?;
+            if code != 0 || libvirt == DemoLibvirt::Skip {
+                return Ok(code);
+            }
+            match crate::demo::libvirt(&ctx.next(JobId::new().0))? {
+                Some(code) => Ok(code),
+                None if libvirt == DemoLibvirt::Require => Err(RunnerError::msg(
+                    "demo --libvirt: no libvirt daemon answers at qemu:///system and none could be started (install libvirt-daemon-system; this vmshift must be built with the libvirt feature)",
+                )),
+                None => {
+                    ctx.em.say("vmshift demo: libvirt part skipped (libvirt is not installed)");
+                    Ok(0)
+                }
+            }
         })
     }
+}
+
+/// Whether `vmshift demo` moves a libvirt domain too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoLibvirt {
+    /// When libvirt is installed (its daemon is started if none answers).
+    Auto,
+    /// Always: fail when libvirt cannot be reached.
+    Require,
+    /// Never.
+    Skip,
 }
 
 /// The full id of a recorded job and its recorded bandwidth limit.

@@ -31,6 +31,8 @@ pub(crate) mod control {
     }
 }
 #[cfg(feature = "libvirt")]
+pub(crate) mod demo;
+#[cfg(feature = "libvirt")]
 mod info;
 #[cfg(feature = "libvirt")]
 pub(crate) mod job;
