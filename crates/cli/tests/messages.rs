@@ -149,5 +149,5 @@ fn a_libvirt_domain_monitor_is_refused_as_libvirt_managed() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("libvirt-managed VM"), "{err}");
-    assert!(err.contains("virsh blockcopy"), "{err}");
+    assert!(err.contains("vmshift migrate --domain"), "{err}");
 }

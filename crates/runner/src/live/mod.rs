@@ -50,9 +50,18 @@ const LIBVIRT_DIRS: [&str; 2] = ["/var/lib/libvirt/", "/run/libvirt/"];
 fn libvirt_monitor(sock: &Path) -> Option<String> {
     let real = std::fs::canonicalize(sock).unwrap_or_else(|_| sock.to_path_buf());
     let s = real.to_string_lossy();
+    // libvirt names the directory `domain-<id>-<name>`.
+    let name = real
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("domain-"))
+        .and_then(|n| n.split_once('-'))
+        .map_or("NAME", |(_, name)| name)
+        .to_owned();
     LIBVIRT_DIRS.iter().any(|d| s.starts_with(d)).then(|| {
         format!(
-            "{} is the monitor of a libvirt-managed VM: a move behind libvirt's back would leave the domain's definition on the old files; move it with `virsh blockcopy` (vmshift does not drive libvirt domains yet)",
+            "{} is the monitor of a libvirt-managed VM: a move behind libvirt's back would leave the domain's definition on the old files; move it through libvirt with `vmshift migrate --domain {name} --to DIR`",
             sock.display()
         )
     })
