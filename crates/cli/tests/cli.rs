@@ -390,3 +390,32 @@ fn io_direct_keeps_a_shallow_copy_and_its_after_copy_verification_out_of_the_pag
     assert!(cached < 2 << 20, "{cached} bytes of the target cached");
     assert_same_image(&top, &target);
 }
+
+#[test]
+fn offline_only_flags_are_refused_with_qmp_or_domain_instead_of_ignored() {
+    let ws = Ws::new();
+    let b = ws.mkdir("b");
+    for (vm, flag) in [
+        (["--qmp", "/run/none.sock"], ["--threads", "4"]),
+        (["--qmp", "/run/none.sock"], ["--io", "direct"]),
+        (["--domain", "web01"], ["--threads", "4"]),
+        (["--domain", "web01"], ["--drop", "bitmaps"]),
+        (["--domain", "web01"], ["--source-format", "raw"]),
+    ] {
+        let out = ws
+            .vmshift()
+            .arg("migrate")
+            .args(vm)
+            .args(["--to", p(&b)])
+            .args(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{vm:?} {flag:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("'{} ", flag[0])) && err.contains("cannot be used with"),
+            "{vm:?} {flag:?}: {err}"
+        );
+    }
+    assert!(listing(&b).is_empty());
+}

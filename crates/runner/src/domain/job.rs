@@ -135,7 +135,6 @@ pub(crate) fn run_with(
         kind: JobKind::Domain,
         resumed: cont.as_ref().map(|_| true),
     });
-    em.say(format!("vmshift: job {}", ctx.job_id));
     let mut clock = PhaseClock::new(em);
     clock.enter(Phase::Check);
     if let Some(p) = r
@@ -187,6 +186,10 @@ pub(crate) fn run_with(
                 return Ok(2);
             }
         }
+    }
+    // Only a recorded job has an id worth printing: `status`, `resume` and `cancel` take it.
+    if clock.link.is_some() {
+        em.say(format!("vmshift: job {}", ctx.job_id));
     }
     let watch = Watch::start(clock.link.as_ref(), &ctx.control, em);
     let first = &p.disks[0];
