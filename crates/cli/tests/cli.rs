@@ -419,3 +419,29 @@ fn offline_only_flags_are_refused_with_qmp_or_domain_instead_of_ignored() {
     }
     assert!(listing(&b).is_empty());
 }
+
+#[test]
+fn progress_totals_match_the_report_and_a_verification_done_during_the_copy_shows_no_rate() {
+    let ws = Ws::new();
+    let img = sample(&ws);
+    let b = ws.mkdir("b");
+    let (code, report, out) = ws.migrate(&img, &b, &[]);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e["event"] == "progress")
+        .collect();
+    let copied = report["bytes_copied"].as_u64().unwrap();
+    assert_eq!(copied, 8 * M, "the sample holds 8 MiB of data");
+    let copy: Vec<_> = events.iter().filter(|e| e["phase"] == "copy").collect();
+    let last = copy.last().expect("copy progress");
+    assert_eq!(last["total_bytes"].as_u64(), Some(copied));
+    assert_eq!(last["done_bytes"].as_u64(), Some(copied));
+    let verify: Vec<_> = events.iter().filter(|e| e["phase"] == "verify").collect();
+    assert!(!verify.is_empty());
+    for e in verify {
+        assert_eq!(e["rate_bytes_per_sec"], 0, "{e}");
+        assert!(e["eta_ms"].is_null(), "{e}");
+    }
+}

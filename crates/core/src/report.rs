@@ -115,7 +115,9 @@ pub struct Report {
     pub destination: ImageSide,
     /// Phase timings in order.
     pub phases: Vec<PhaseTiming>,
-    /// Bytes written as data to the target in this run.
+    /// Bytes written as data to the target in this run (offline). Live and domain moves:
+    /// the final mirror jobs' progress, which QEMU counts over the whole virtual size (zero
+    /// and unallocated areas included) plus areas the guest dirtied again.
     pub bytes_copied: u64,
     /// Bytes not written because they were holes or zeroes.
     pub bytes_skipped_zero: u64,
@@ -273,6 +275,20 @@ impl Report {
 
     /// One paragraph: bytes copied, skipped and reused, speed, backing, consistency.
     fn write_copy_summary(&self, md: &mut String) {
+        if matches!(self.kind, JobKind::Live | JobKind::Domain)
+            && self.verification.algorithm == "qemu-mirror"
+        {
+            // QEMU's mirror counts every byte of the disk it has processed (zero and
+            // unallocated areas included, dirtied areas again): it is not "data written".
+            let _ = writeln!(
+                md,
+                "Mirrored {} (QEMU's count: the disks' virtual size plus areas the guest dirtied again), at {}/s. Backing: {}.\n",
+                format_bytes(self.bytes_copied),
+                format_bytes(self.throughput_bytes_per_sec),
+                self.backing,
+            );
+            return;
+        }
         let _ = writeln!(
             md,
             "Copied {} as data, skipped {} of zeroes/holes{}, at {}/s. Backing: {}. Consistency: {}.\n",

@@ -217,12 +217,16 @@ impl Emitter {
         let (s, em) = (stop.clone(), self.clone());
         let handle = std::thread::spawn(move || {
             let start = Instant::now();
+            // The rate counts only bytes this phase moved: a phase that starts with the
+            // counters full (verification done during the copy) shows none.
+            let mut base = u64::MAX;
             loop {
                 let stopping = s.load(Ordering::Relaxed);
                 let total = counters.total.load(Ordering::Relaxed);
                 let done = counters.done.load(Ordering::Relaxed).min(total);
+                base = base.min(done);
                 let secs = start.elapsed().as_secs_f64().max(1e-3);
-                let rate = vmshift_core::rate_bytes_per_sec(done, secs);
+                let rate = vmshift_core::rate_bytes_per_sec(done - base, secs);
                 em.emit(JobEvent::Progress(Progress {
                     phase: label.into(),
                     done_bytes: done,
