@@ -60,10 +60,19 @@ pub fn domain_info(
         } else {
             "moved offline: verified copy; then the definition is updated".into()
         };
+        // A pool volume's file, as the plan resolves it.
+        let path = match &d.source {
+            DiskSource::Volume { pool, volume } => lv.volume_path(pool, volume).ok(),
+            other => other.path().map(std::path::Path::to_path_buf),
+        };
         lines.push(format!(
-            "disk {}:   {} ({}, {}{}{}) bus {}",
+            "disk {}:   {}{} ({}, {}{}{}) bus {}",
             d.target,
             d.source.describe(),
+            match (&d.source, &path) {
+                (DiskSource::Volume { .. }, Some(p)) => format!(" = {}", p.display()),
+                _ => String::new(),
+            },
             d.format.as_deref().unwrap_or("format not stated"),
             d.device,
             if d.readonly { ", read-only" } else { "" },
@@ -76,7 +85,7 @@ pub fn domain_info(
         lines.push(format!("  a move:   {would}"));
         out.push(json!({
             "target": d.target, "device": d.device, "bus": d.bus,
-            "source": d.source.describe(), "path": d.source.path(),
+            "source": d.source.describe(), "path": path,
             "format": d.format, "readonly": d.readonly, "shareable": d.shareable,
             "backing_chain": chain, "move": would,
         }));

@@ -55,7 +55,6 @@ fn record(
     p: &DomainPlan,
 ) -> Result<(JournalLink, Vec<vmshift_journal::FileLock>)> {
     let j = open_journal()?;
-    let first = &p.disks[0];
     // A rollback's move back runs under its parent, which holds the domain's lock.
     let locks = if ctx.parent.is_some() {
         lock_child_job(&ctx.job_id)?
@@ -67,8 +66,9 @@ fn record(
     let new = vmshift_journal::NewJob {
         id: ctx.job_id.clone(),
         kind: "domain".into(),
-        source: first.source.display().to_string(),
-        destination: first.dest.display().to_string(),
+        // `jobs` shows "domain web01 (2 disks) → /srv/b"; each disk is in the facts.
+        source: format!("domain {} ({} disk(s))", p.name, p.disks.len()),
+        destination: p.dest_dir.display().to_string(),
         partial: String::new(),
         options,
         facts: json!({
