@@ -23,6 +23,14 @@ done
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 # the libvirt front end links libvirt.so (crates/libvirt, through the virt crate)
 [ -f /usr/lib/x86_64-linux-gnu/libvirt.so ] || need+=(libvirt-dev)
+# /dev/kvm as udev sets it up on Debian (root:kvm 0660; libvirt-qemu is in group kvm). Hosts
+# without udev leave it root-only, and then libvirtd finds its QEMU capabilities stale on every
+# call (KVM "was enabled when probing but is not available now") and probes QEMU again: each
+# `virsh define` takes a minute. Guests still run under TCG (`type='qemu'`, `-accel tcg`).
+if [ -c /dev/kvm ] && [ "$(id -u)" -eq 0 ] && getent group kvm >/dev/null \
+   && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
