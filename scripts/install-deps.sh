@@ -27,10 +27,13 @@ done
 # without udev leave it root-only, and then libvirtd finds its QEMU capabilities stale on every
 # call (KVM "was enabled when probing but is not available now") and probes QEMU again: each
 # `virsh define` takes a minute. Guests still run under TCG (`type='qemu'`, `-accel tcg`).
-if [ -c /dev/kvm ] && [ "$(id -u)" -eq 0 ] && getent group kvm >/dev/null \
-   && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
-  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
-fi
+kvm_device() {
+  if [ -c /dev/kvm ] && [ "$(id -u)" -eq 0 ] && getent group kvm >/dev/null \
+     && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
+}
+trap kvm_device EXIT   # after the packages (libvirt-daemon-system creates the group)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
