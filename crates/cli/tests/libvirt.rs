@@ -606,7 +606,6 @@ fn info_and_migrate_of_a_missing_domain_exit_2() {
 
 /// `info` resolves a `type='volume'` disk to its file, as the plan does.
 #[test]
-#[ignore = "product bug: info --domain reports \"path\": null for a type='volume' disk (plan resolves it, info does not)"]
 fn info_resolves_the_path_of_a_volume_disk() {
     let lab = Lab::new();
     let pool = lab.pool("src", &lab.path("a"));
