@@ -97,6 +97,9 @@ pub struct DestFacts {
     /// A raw target of the virtual size cannot exist on that filesystem (trial truncate failed
     /// with EFBIG). `None` when not probed.
     pub file_too_large: Option<bool>,
+    /// When `file_too_large`: the largest file size that filesystem accepted, bytes.
+    #[serde(default)]
+    pub max_file_size: Option<u64>,
     /// Bytes the existing target occupies and would be given back when replaced.
     pub reclaimable_bytes: u64,
     /// Bytes the partial target of a resumed job already holds there: counted as free,
@@ -408,9 +411,13 @@ fn destination_problems(
         problems.push(Problem::new(
             "file_too_large",
             format!(
-                "a raw target of {} bytes ({}) is larger than the destination filesystem's maximum file size",
+                "a raw target of {} bytes ({}) is larger than the destination filesystem's maximum file size{}",
                 shape.virtual_size,
-                format_bytes(shape.virtual_size)
+                format_bytes(shape.virtual_size),
+                dst.max_file_size.map_or_else(String::new, |m| format!(
+                    " ({m} bytes, {})",
+                    format_bytes(m)
+                ))
             ),
             "use --format qcow2, or a filesystem with larger files (XFS, btrfs)",
         ));
@@ -580,6 +587,7 @@ mod tests {
     fn plan_refuses_raw_target_the_filesystem_cannot_hold() {
         let mut d = dst();
         d.file_too_large = Some(true);
+        d.max_file_size = Some(17_592_186_040_320);
         let mut o = opts();
         o.target_format = Some(TargetFormat::Raw);
         assert_eq!(decide(&src(), &d, &o).problems[0].code, "file_too_large");

@@ -90,8 +90,10 @@ fn gather_dest(target: &Path, chain: Option<&Chain>, virtual_size: u64, raw: boo
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
             .unwrap_or(0)
     });
-    let file_too_large = (raw && dir_writable && device_size.is_none())
+    let max_file_size = (raw && dir_writable && device_size.is_none())
         .then(|| probe_file_too_large(&dir, virtual_size));
+    let file_too_large = max_file_size.map(|m| m.is_some());
+    let max_file_size = max_file_size.flatten();
     DestFacts {
         target_path: target.display().to_string(),
         dir_exists,
@@ -100,6 +102,7 @@ fn gather_dest(target: &Path, chain: Option<&Chain>, virtual_size: u64, raw: boo
         target_is_source,
         free_bytes,
         file_too_large,
+        max_file_size,
         reclaimable_bytes: existing.as_ref().map_or(0, |m| m.blocks() * 512),
         resumed_partial_bytes: 0,
         target_is_device: device_size.is_some(),
@@ -115,20 +118,32 @@ fn device_size(path: &Path) -> u64 {
 }
 
 /// Tries to size a temporary file to `size` bytes: EFBIG means the filesystem cannot hold a
-/// raw target that large (ext4: 16 TiB). The probe file is removed at once.
-fn probe_file_too_large(dir: &Path, size: u64) -> bool {
+/// raw target that large (ext4 with 4 KiB blocks: 16 TiB − 4 KiB). Then `Some(limit)`: the
+/// largest size it accepts, found by bisection (sparse truncates, no data written). `None`
+/// when it fits. The probe file is removed at once.
+fn probe_file_too_large(dir: &Path, size: u64) -> Option<u64> {
     let probe = dir.join(format!(".vmshift-probe-{}", std::process::id()));
-    let Ok(f) = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&probe)
-    else {
-        return false;
-    };
-    let too_large = matches!(f.set_len(size), Err(e) if e.raw_os_error() == Some(libc::EFBIG));
+        .ok()?;
+    let efbig = |n: u64| matches!(f.set_len(n), Err(e) if e.raw_os_error() == Some(libc::EFBIG));
+    let limit = efbig(size).then(|| {
+        let (mut ok, mut bad) = (0u64, size);
+        while bad - ok > 1 {
+            let mid = ok + (bad - ok) / 2;
+            if efbig(mid) {
+                bad = mid;
+            } else {
+                ok = mid;
+            }
+        }
+        ok
+    });
     drop(f);
     let _ = std::fs::remove_file(&probe);
-    too_large
+    limit
 }
 
 /// The check phase. When resuming, `partial_credit` is `Some(bytes)`: the partial target the
