@@ -295,9 +295,14 @@ fn a_corrupt_journal_is_named_never_panics_and_blocks_new_jobs() {
     assert_eq!(code, 2);
     assert!(stderr(&out).contains("move it aside"), "{}", stderr(&out));
     assert!(listing(&ws.path("d9")).is_empty());
-    // --no-journal still migrates.
+    // --no-journal still migrates, and says its job id is not one `status` knows.
     let (code, _, out) = ws.migrate(&src, &ws.path("d9"), &["--no-journal"]);
     assert_eq!(code, 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(--no-journal: names the report only)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

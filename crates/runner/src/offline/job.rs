@@ -144,7 +144,14 @@ pub(crate) fn run_job(
     em.say(format!(
         "vmshift: job {}{}",
         ctx.job_id,
-        if resuming.is_some() { " (resumed)" } else { "" }
+        if resuming.is_some() {
+            " (resumed)"
+        } else if args.no_journal {
+            // Not in the journal: `status`, `resume` and `cancel` will not know this id.
+            " (--no-journal: names the report only)"
+        } else {
+            ""
+        }
     ));
     clock.enter(Phase::Check);
     let c = check_with(args, resuming.as_ref().map(|r| r.partial_credit));
