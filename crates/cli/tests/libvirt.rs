@@ -7,18 +7,6 @@ mod libvirt_support;
 use libvirt_support::*;
 use serde_json::Value;
 
-/// A qcow2 `a/d1.qcow2` (vda) and a raw `a/d2.raw` (vdb), 32 MiB each, stamped.
-fn two_disks(lab: &Lab) -> Vec<DiskXml> {
-    let d1 = lab.path("a/d1.qcow2");
-    let d2 = lab.path("a/d2.raw");
-    stamped_qcow2(&d1, 32 * MIB);
-    stamped_raw(&d2, 32 * MIB);
-    vec![
-        DiskXml::file("vda", &d1, "qcow2"),
-        DiskXml::file("vdb", &d2, "raw"),
-    ]
-}
-
 const RATE: &str = "vmshift.rate=1048576";
 
 fn disk<'a>(report: &'a Value, dev: &str) -> &'a Value {
@@ -96,13 +84,7 @@ fn running_persistent_domain_with_qcow2_and_raw_disks_moves_live() {
 
     // Every block of the region rewritten after the pivot: the floor passes the last
     // sequence number the guest had logged when the move ended.
-    let at_move = lab.last_written("vda").max(lab.last_written("vdb"));
-    wait_until("a full stamp pass after the pivot", 3 * TIMEOUT, || {
-        let log = lab.serial_log();
-        ["vda", "vdb"]
-            .iter()
-            .all(|d| vmshift_qmp::stamp::last_floor(&log, d).is_some_and(|f| f > at_move))
-    });
+    let at_move = lab.wait_full_pass(&["vda", "vdb"]);
     lab.destroy();
     let ra = lab.verify_stamps(&new1, "qcow2", "vda");
     let rb = lab.verify_stamps(&new2, "raw", "vdb");

@@ -9,18 +9,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-/// A qcow2 `a/d1.qcow2` (vda) and a raw `a/d2.raw` (vdb), 32 MiB each, stamped.
-fn two_disks(lab: &Lab) -> Vec<DiskXml> {
-    let d1 = lab.path("a/d1.qcow2");
-    let d2 = lab.path("a/d2.raw");
-    stamped_qcow2(&d1, 32 * MIB);
-    stamped_raw(&d2, 32 * MIB);
-    vec![
-        DiskXml::file("vda", &d1, "qcow2"),
-        DiskXml::file("vdb", &d2, "raw"),
-    ]
-}
-
 /// `vmshift migrate --domain … --json ARGS` in the background; returns the process once the
 /// job id is known and an event line satisfies `until`, with that id.
 fn migrate_until(lab: &Lab, args: &[&str], until: impl Fn(&Value) -> bool) -> (Child, String) {
@@ -100,16 +88,12 @@ fn kill_9_mid_live_copy_then_resume_ends_the_stale_jobs_and_moves_the_domain() {
     assert!(def.contains(s(&new1)) && def.contains(s(&new2)), "{def}");
     assert!(!def.contains(s(&lab.path("a/d1.qcow2"))), "{def}");
 
-    let at_move = lab.last_written("vda").max(lab.last_written("vdb"));
-    wait_until("a full stamp pass after the pivot", 3 * TIMEOUT, || {
-        let log = lab.serial_log();
-        ["vda", "vdb"]
-            .iter()
-            .all(|d| vmshift_qmp::stamp::last_floor(&log, d).is_some_and(|f| f > at_move))
-    });
+    let at_move = lab.wait_full_pass(&["vda", "vdb"]);
     lab.destroy();
-    lab.verify_stamps(&new1, "qcow2", "vda");
-    lab.verify_stamps(&new2, "raw", "vdb");
+    for (img, fmt, dev) in [(&new1, "qcow2", "vda"), (&new2, "raw", "vdb")] {
+        let r = lab.verify_stamps(img, fmt, dev);
+        assert!(r.min_seq > at_move, "{dev}: {r:?} (at the move: {at_move})");
+    }
     assert_eq!(status(&lab, &id)["status"], "succeeded");
 }
 
@@ -204,16 +188,15 @@ fn rollback_of_a_live_move_moves_the_disks_back_and_deletes_the_copies() {
     assert!(listing(&b).is_empty(), "{:?}", listing(&b));
     assert_eq!(status(&lab, &id)["status"], "rolled_back");
 
-    let at_move = lab.last_written("vda").max(lab.last_written("vdb"));
-    wait_until("a full stamp pass after the move back", 3 * TIMEOUT, || {
-        let log = lab.serial_log();
-        ["vda", "vdb"]
-            .iter()
-            .all(|d| vmshift_qmp::stamp::last_floor(&log, d).is_some_and(|f| f > at_move))
-    });
+    let at_move = lab.wait_full_pass(&["vda", "vdb"]);
     lab.destroy();
-    lab.verify_stamps(&old1, "qcow2", "vda");
-    lab.verify_stamps(&old2, "raw", "vdb");
+    for (img, fmt, dev) in [(&old1, "qcow2", "vda"), (&old2, "raw", "vdb")] {
+        let r = lab.verify_stamps(img, fmt, dev);
+        assert!(
+            r.min_seq > at_move,
+            "{dev}: {r:?} (at the move back: {at_move})"
+        );
+    }
 }
 
 #[test]
@@ -226,6 +209,23 @@ fn rollback_of_a_shut_off_move_restores_the_definition_byte_for_byte() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let id = report(&out)["job_id"].as_str().expect("id").to_owned();
     assert_ne!(lab.inactive_xml(), before);
+    // The per-disk offline jobs are driven through the domain job, never on their own.
+    let children: Vec<String> = events(&out)
+        .iter()
+        .filter(|e| e["event"] == "job" && e["job_id"] != id.as_str())
+        .filter_map(|e| e["job_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(children.len(), 2, "one offline job per disk");
+    for verb in ["rollback", "resume", "cancel"] {
+        let out = command(&lab, &[verb, &children[1]]);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(&format!("domain job {id}")), "{verb}: {err}");
+    }
+    assert!(
+        lab.path("b/d2.raw").exists(),
+        "the refused rollback deleted nothing"
+    );
 
     let out = command(&lab, &["rollback", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

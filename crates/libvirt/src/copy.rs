@@ -250,6 +250,9 @@ pub fn copy_and_pivot(
     })
 }
 
+/// `VIR_DOMAIN_BLOCK_JOB_TYPE_COPY`.
+const COPY_JOB: i32 = 2;
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -303,6 +306,23 @@ fn wait_ready(
             let Some(r) = running.iter_mut().find(|r| r.target.disk == ev.disk) else {
                 continue;
             };
+            // Only copy jobs are ours; an end event while a copy job still runs on the disk
+            // is a late one of a job that was replaced (a restart in another mode).
+            let ended = matches!(
+                ev.status,
+                BlockJobStatus::Failed | BlockJobStatus::Cancelled | BlockJobStatus::Completed
+            );
+            if ev.kind != COPY_JOB
+                || (ended
+                    && dom
+                        .block_job(&r.target.disk)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|j| j.kind == COPY_JOB))
+            {
+                tracing::debug!("ignored block-job event {ev:?}");
+                continue;
+            }
             match ev.status {
                 BlockJobStatus::Ready => {
                     r.ready_at.get_or_insert_with(Instant::now);

@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 /// How long `cancel` and `set` wait for the job's process to act on the request.
 const WAIT_FOR_JOB: Duration = Duration::from_secs(60);
 
+/// The refusal of a command on a domain job's per-disk offline job: the domain job owns the
+/// definition, so the command must go through it.
+fn child_refusal(job: &vmshift_journal::JobRecord, what: &str) -> Option<String> {
+    let parent = job.facts["parent"].as_str()?;
+    Some(format!(
+        "job {} copies one disk of domain job {parent}: {what} {parent} instead (it keeps the domain's definition in step with its disks)",
+        job.id
+    ))
+}
+
 /// `vmshift cancel JOB [--keep-partial]`: a running job (in any process) is asked through
 /// the journal to stop at its next chunk boundary or poll, and waited for (up to 60 s); a
 /// job whose process is gone is closed here.
@@ -23,6 +33,10 @@ const WAIT_FOR_JOB: Duration = Duration::from_secs(60);
 pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitCode> {
     let j = open_journal()?;
     let job = j.job(id)?;
+    if let Some(why) = child_refusal(&job, "cancel") {
+        ctx.em.say(format!("vmshift: cancel refused: {why}"));
+        return Ok(2);
+    }
     if !matches!(job.status.as_str(), "running" | "failed") {
         ctx.em.say(format!(
             "vmshift: job {} is {}: nothing to cancel",
@@ -102,6 +116,9 @@ pub(crate) fn resume(ctx: &JobCtx, id: &str, report: Option<PathBuf>) -> Result<
         ctx.em.say(format!("vmshift: resume refused: {msg}"));
         Ok(2)
     };
+    if let Some(why) = child_refusal(&job, "resume") {
+        return refuse(why);
+    }
     if let Some(pid) = running_pid(&job.id) {
         return refuse(format!(
             "job {} is running in vmshift process {pid}: wait for it or `vmshift cancel {}`",
@@ -184,6 +201,9 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
         ctx.em.say(format!("vmshift: rollback refused: {msg}"));
         Ok(2)
     };
+    if let Some(why) = child_refusal(&job, "roll back") {
+        return refuse(why);
+    }
     if job.status != "succeeded" {
         return refuse(format!(
             "job {} is {}, only a succeeded job can be rolled back",

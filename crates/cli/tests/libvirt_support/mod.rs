@@ -711,3 +711,29 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A qcow2 `a/d1.qcow2` (vda) and a raw `a/d2.raw` (vdb), 32 MiB each, stamped.
+pub fn two_disks(lab: &Lab) -> Vec<DiskXml> {
+    let d1 = lab.path("a/d1.qcow2");
+    let d2 = lab.path("a/d2.raw");
+    stamped_qcow2(&d1, 32 * MIB);
+    stamped_raw(&d2, 32 * MIB);
+    vec![
+        DiskXml::file("vda", &d1, "qcow2"),
+        DiskXml::file("vdb", &d2, "raw"),
+    ]
+}
+
+impl Lab {
+    /// Waits until the guest has rewritten every block of `devs` since now (each floor
+    /// passes the newest sequence logged now); returns that sequence.
+    pub fn wait_full_pass(&self, devs: &[&str]) -> u64 {
+        let at = devs.iter().map(|d| self.last_written(d)).max().unwrap_or(0);
+        wait_until("a full stamp pass", 3 * TIMEOUT, || {
+            let log = self.serial_log();
+            devs.iter()
+                .all(|d| stamp::last_floor(&log, d).is_some_and(|f| f > at))
+        });
+        at
+    }
+}

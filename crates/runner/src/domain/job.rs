@@ -257,15 +257,7 @@ pub(crate) fn run_with(
     report.duration_ms = vmshift_core::millis(started.elapsed());
     let path = write_report(&report, r.report.as_deref())?;
     if let Some(l) = &clock.link {
-        let error = report.error.as_ref().map(|e| e.message.clone());
-        let status = report.status.as_str();
-        let path_s = path.display().to_string();
-        l.note(|j, id| {
-            j.phase_ended(id, 0)?;
-            j.set_partial_state(id, "none")?;
-            j.set_report(id, &path_s)?;
-            j.set_status(id, status, error.as_deref())
-        });
+        l.close(&report, &path);
     }
     match &report.error {
         Some(e) => em.say(format!(

@@ -124,6 +124,20 @@ pub struct JournalLink {
 }
 
 impl JournalLink {
+    /// Closes a job that keeps no partial target (live and domain jobs): the last phase
+    /// ends, the report at `report_path` and the report's status and error are recorded.
+    pub fn close(&self, report: &vmshift_core::report::Report, report_path: &Path) {
+        let error = report.error.as_ref().map(|e| e.message.clone());
+        let status = report.status.as_str();
+        let path = report_path.display().to_string();
+        self.note(|j, id| {
+            j.phase_ended(id, 0)?;
+            j.set_partial_state(id, "none")?;
+            j.set_report(id, &path)?;
+            j.set_status(id, status, error.as_deref())
+        });
+    }
+
     /// Runs `f` on the journal; errors are logged, not fatal (status bookkeeping only).
     pub fn note(
         &self,

@@ -103,9 +103,16 @@ fn record_new_job(
         destination: abs(&c.target_path),
         partial: abs(&partial_path(&c.target_path)),
         options: serde_json::to_value(&options)?,
-        facts: c.chain.as_ref().map_or(serde_json::Value::Null, |ch| {
-            source_facts(ch, c.plan.crash_consistent)
-        }),
+        facts: {
+            let mut f = c.chain.as_ref().map_or(serde_json::json!({}), |ch| {
+                source_facts(ch, c.plan.crash_consistent)
+            });
+            // A domain job's disk: `resume`, `cancel` and `rollback` go through that job.
+            if let Some(parent) = &ctx.parent {
+                f["parent"] = serde_json::Value::String(parent.clone());
+            }
+            f
+        },
         chunk_size: copy_chunk(args.bwlimit.unwrap_or(0), args.io == IoMode::Direct),
         total_bytes: 0,
     };
