@@ -50,9 +50,10 @@ pub struct LiveFlags {
 pub enum Command {
     /// Show an image's format, sizes, backing chain, features and lock state.
     Info {
-        /// The image file (not with --qmp).
+        /// The image file (not with --qmp or --domain).
         #[arg(
             required_unless_present_any = ["qmp", "domain"],
+            conflicts_with_all = ["qmp", "domain"],
             default_value = ".",
             hide_default_value = true
         )]

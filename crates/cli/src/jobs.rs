@@ -178,6 +178,26 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
             format_bytes(job.total_bytes),
             progress(&job, None)
         );
+    } else if job.kind == "domain" && now.is_none() {
+        // Shut off, each disk's offline job records its own chunks; live, QEMU's mirror.
+        let disks: Vec<String> = job.facts["children"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(d, id)| format!("{d}: job {}", id.as_str().unwrap_or("?")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "progress     {} ({} allocated{})",
+            progress(&job, None),
+            format_bytes(job.total_bytes),
+            if disks.is_empty() {
+                String::new()
+            } else {
+                format!("; per disk: {}", disks.join(", "))
+            }
+        );
     } else if now.is_none() {
         println!(
             "progress     {} (QEMU's mirror of {}: the journal records its phases, not its bytes)",

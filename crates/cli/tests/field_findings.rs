@@ -80,7 +80,7 @@ fn source_format_raw_over_a_qcow2_header_is_a_warning() {
     assert!(
         r["warnings"]
             .to_string()
-            .contains("has a qcow2 header but --source-format raw"),
+            .contains("is stated to be raw (--source-format raw"),
         "{r}"
     );
     assert!(stderr(&out).contains("warning:"), "{}", stderr(&out));

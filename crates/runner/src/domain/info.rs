@@ -51,7 +51,11 @@ pub fn domain_info(
             .collect();
         let movable = matches!(d.source, DiskSource::File(_) | DiskSource::Volume { .. })
             && matches!(d.format.as_deref(), Some("raw" | "qcow2"));
-        let would = if d.readonly || d.shareable || d.device != "disk" {
+        let would = if !matches!(state, DomainState::Running | DomainState::ShutOff) {
+            format!("refused while the domain is {}", state.as_str())
+        } else if snapshots > 0 {
+            "refused: the domain has libvirt snapshots".to_string()
+        } else if d.readonly || d.shareable || d.device != "disk" {
             "left in place (read-only, shareable or not a disk)".to_string()
         } else if !movable {
             "cannot be moved yet (vmshift moves raw and qcow2 files and pool volumes)".to_string()

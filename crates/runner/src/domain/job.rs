@@ -330,7 +330,16 @@ fn finish(
     report.notes.extend(m.notes);
     report.warnings.extend(m.warnings);
     report.references = refs;
-    report.backing = if r.keep_backing { "kept" } else { "flattened" }.into();
+    // A running domain's XML states every backing chain (a shut-off one's may not).
+    report.backing =
+        if p.state == DomainState::Running && p.disks.iter().all(|d| d.backing.is_empty()) {
+            "none"
+        } else if r.keep_backing {
+            "kept"
+        } else {
+            "flattened"
+        }
+        .into();
     report.verification.algorithm = if m.verified { "blake3" } else { "qemu-mirror" }.into();
     report.verification.verified_bytes = m.verified_bytes;
     report.verification.result = if m.verified { "match" } else { "skipped" }.into();

@@ -132,9 +132,15 @@ fn dest_dir(lv: &Libvirt, r: &DomainRequest) -> Result<PathBuf, String> {
         (Some(d), None) => d.clone(),
         (None, Some(p)) => lv.pool_dir(p).map_err(|e| e.to_string())?,
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "destination {} is a file, not a directory: name the directory the disks go to",
+            dir.display()
+        ));
+    }
     if !dir.is_dir() {
         return Err(format!(
-            "destination {} is not a directory (create it first)",
+            "destination directory {} does not exist: create it first",
             dir.display()
         ));
     }

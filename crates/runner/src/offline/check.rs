@@ -241,7 +241,7 @@ pub fn check_with(args: &OfflineRequest, partial_credit: Option<u64>) -> Checked
     }
     if args.source_format == Some(ImageFormat::Raw) && crate::files::has_qcow2_magic(&args.source) {
         plan.warnings.push(format!(
-            "{} has a qcow2 header but --source-format raw copies it as raw data: the target holds the qcow2 container's bytes (encrypted ones included), not the guest's disk",
+            "{} is stated to be raw (--source-format raw, or a domain definition's <driver type='raw'>) but has a qcow2 header: it is copied as raw data, so the target holds the qcow2 container's bytes (encrypted ones included), as the guest sees them",
             args.source.display()
         ));
     }
