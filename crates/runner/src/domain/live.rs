@@ -53,7 +53,13 @@ pub(crate) fn run(
     clock.enter(Phase::Copy);
     let t0 = Instant::now();
     let mut last = Instant::now() - Duration::from_secs(1);
+    let mut pivoting = false;
     let mut on_progress = |c: &vmshift_libvirt::CopyProgress| {
+        // Every disk ready: the pivot comes next, and its time is the cut-over's.
+        if c.ready == c.disks && !pivoting {
+            pivoting = true;
+            clock.enter(Phase::Cutover);
+        }
         if last.elapsed() < Duration::from_millis(250) {
             return;
         }
@@ -101,7 +107,9 @@ pub(crate) fn run(
                 },
             }
         })?;
-    clock.enter(Phase::Cutover);
+    if !pivoting {
+        clock.enter(Phase::Cutover);
+    }
     let disks = out
         .disks
         .iter()
