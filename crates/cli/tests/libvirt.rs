@@ -604,3 +604,30 @@ fn info_resolves_the_path_of_a_volume_disk() {
     assert_eq!(info["state"], "shut off", "{info}");
     assert_eq!(info["disks"][0]["path"], s(&d1), "{info}");
 }
+
+/// A user libvirt does not let in gets one line naming the URI and the question to ask.
+#[test]
+fn a_user_libvirt_denies_gets_one_line_naming_the_uri() {
+    use std::os::unix::fs::PermissionsExt;
+    let _d = daemon();
+    // A copy nobody can run wherever the build tree is (a clone under /root is 0700).
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("vmshift");
+    std::fs::copy(env!("CARGO_BIN_EXE_vmshift"), &bin).expect("copy the binary");
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&bin)
+        .args(["info", "--domain", "web01", "--connect", URI])
+        .env("VMSHIFT_STATE_DIR", "/nonexistent/state")
+        .output()
+        .expect("run vmshift as nobody");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to libvirt at {URI}"))
+            && err.contains("may this user use it?"),
+        "{err}"
+    );
+}
