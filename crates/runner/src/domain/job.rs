@@ -267,10 +267,33 @@ pub(crate) fn run_with(
         )),
         None => {
             for d in &report.disks {
+                // As the --qmp path says it: what moved, how, and how long ready and pivot took.
+                let mut how = vec![d.format.clone()];
+                if d.copy_mode == "offline" {
+                    how.push(format!(
+                        "{} copied, verified",
+                        vmshift_core::format_bytes(d.bytes)
+                    ));
+                } else if !d.copy_mode.is_empty() {
+                    how.push(format!("{} mirrored", vmshift_core::format_bytes(d.bytes)));
+                    how.push(format!("{} mode", d.copy_mode));
+                }
+                if let Some(ms) = d.time_to_ready_ms {
+                    how.push(format!("ready after {ms} ms"));
+                }
+                if let Some(ms) = d.pivot_ms {
+                    how.push(format!("pivot {ms} ms"));
+                }
                 em.say(format!(
                     "vmshift: {} moved {} -> {} ({})",
-                    d.device, d.old_path, d.new_path, d.format
+                    d.device,
+                    d.old_path,
+                    d.new_path,
+                    how.join(", ")
                 ));
+            }
+            if report.source_deleted {
+                em.say("vmshift: the old image files were deleted (--delete-source)");
             }
             for r in &report.references {
                 em.say(format!("vmshift: {r}"));
