@@ -230,10 +230,10 @@ pub struct MigrateArgs {
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// Format of the source if you know it (default: read from its header).
-    #[arg(long, value_enum, conflicts_with = "vm")]
+    #[arg(long, value_enum, conflicts_with_all = ["qmp", "domain"])]
     pub source_format: Option<FormatArg>,
     /// Format of backing files whose format the image does not record (never guessed).
-    #[arg(long, value_enum, conflicts_with = "vm")]
+    #[arg(long, value_enum, conflicts_with_all = ["qmp", "domain"])]
     pub backing_format: Option<FormatArg>,
     /// Copy only the top layer and keep referring to the backing chain (default: flatten).
     /// Live: mirror with sync=top (`--shallow` is the same flag).
@@ -243,34 +243,34 @@ pub struct MigrateArgs {
     #[arg(long, value_parser = parse_size_arg)]
     pub bwlimit: Option<u64>,
     /// Skip verification (the report says so).
-    #[arg(long, conflicts_with = "vm")]
+    #[arg(long, conflicts_with_all = ["qmp", "domain"])]
     pub no_verify: bool,
     /// When an offline copy's target is read back to verify it: `during-copy` (each chunk
     /// right after its writes) or `after-copy` (the whole target again once it is synced).
-    #[arg(long, value_enum, default_value_t = VerifyMode::DuringCopy, conflicts_with_all = ["no_verify", "vm"])]
+    #[arg(long, value_enum, default_value_t = VerifyMode::DuringCopy, conflicts_with_all = ["no_verify", "qmp", "domain"])]
     pub verify: VerifyMode,
     /// Delete the source after a successful verification (never while another image uses
     /// it as a backing file).
     #[arg(long)]
     pub delete_source: bool,
     /// Replace an existing target (only after the new copy is verified).
-    #[arg(long, conflicts_with = "vm")]
+    #[arg(long, conflicts_with_all = ["qmp", "domain"])]
     pub overwrite: bool,
     /// Copy an image a running VM holds (crash-consistent copy).
-    #[arg(long, conflicts_with = "vm")]
+    #[arg(long, conflicts_with_all = ["qmp", "domain"])]
     pub force_share: bool,
     /// Copy although the target cannot keep these properties of the source (comma list:
     /// snapshots, bitmaps, compression); each dropped one is a warning in the report.
     /// Without it, such a source is refused.
-    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "vm")]
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["qmp", "domain"])]
     pub drop: Vec<DropProperty>,
     /// Worker threads for the copy (default: twice the CPUs, 8 to 16: the copy is I/O-bound).
-    #[arg(long, value_parser = parse_threads, conflicts_with = "vm")]
+    #[arg(long, value_parser = parse_threads, conflicts_with_all = ["qmp", "domain"])]
     pub threads: Option<usize>,
     /// Offline copy I/O: `buffered` (page cache) or `direct` (O_DIRECT, page cache bypassed;
     /// verification then reads the target back from the disk). Not with --qmp: a live copy
     /// uses the cache mode QEMU has for the disk.
-    #[arg(long, value_enum, default_value_t = IoMode::Buffered, conflicts_with = "vm")]
+    #[arg(long, value_enum, default_value_t = IoMode::Buffered, conflicts_with_all = ["qmp", "domain"])]
     pub io: IoMode,
     /// Print NDJSON events on stdout (human text goes to stderr).
     #[arg(long)]
@@ -281,7 +281,7 @@ pub struct MigrateArgs {
     /// Keep the partial target on any failure or cancellation (default: kept after a crash
     /// or a read/write error, removed after cancellation, out-of-space or a verification
     /// mismatch), so `vmshift resume` continues from the last checkpoint.
-    #[arg(long, conflicts_with = "vm")]
+    #[arg(long, conflicts_with_all = ["qmp", "domain"])]
     pub keep_partial: bool,
     /// Do not record the job in the journal (no resume; the partial target is removed on
     /// any failure).
