@@ -249,13 +249,7 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
         "point the VM back at {} instead of {} (e.g. virsh edit DOMAIN: <source file=...> and <driver type=...>, or the -drive/-blockdev filename of your QEMU command line)",
         job.source, job.destination
     )];
-    j.set_status(&job.id, "rolled_back", None)
-        .and_then(|()| j.set_partial_state(&job.id, "removed"))?;
-    j.phase_started(&job.id, job.runs, "rollback")
-        .and_then(|()| j.phase_ended(&job.id, 0))?;
-    if let Some(r) = &job.report {
-        update_report_status(Path::new(r), &references);
-    }
+    mark_rolled_back(&j, &job, &references)?;
     ctx.em.say(format!(
         "vmshift: job {} rolled back: deleted {}; the source {} is unchanged",
         job.id, job.destination, job.source
@@ -268,6 +262,27 @@ pub(crate) fn rollback(ctx: &JobCtx, id: &str) -> Result<ExitCode> {
                "source": job.source, "format": format, "references": references}),
     });
     Ok(0)
+}
+
+/// Records a rollback that removed the job's copies: the job becomes `rolled_back` with its
+/// partial target `removed`, a `rollback` phase row is added, and its report says what to
+/// restore (`references`).
+///
+/// # Errors
+/// The journal cannot be written.
+pub(crate) fn mark_rolled_back(
+    j: &vmshift_journal::Journal,
+    job: &vmshift_journal::JobRecord,
+    references: &[String],
+) -> Result<()> {
+    j.set_status(&job.id, "rolled_back", None)
+        .and_then(|()| j.set_partial_state(&job.id, "removed"))?;
+    j.phase_started(&job.id, job.runs, "rollback")
+        .and_then(|()| j.phase_ended(&job.id, 0))?;
+    if let Some(r) = &job.report {
+        update_report_status(Path::new(r), references);
+    }
+    Ok(())
 }
 
 /// `vmshift jobs prune --older-than AGE`: forgets finished jobs last changed more than

@@ -4,10 +4,9 @@ use super::job::{run_with, Continue};
 use super::recorded::{clear_live_leftovers, job_domain, refuse, JobDomain, Side};
 use crate::handle::{ExitCode, JobCtx};
 use crate::journal::{running_pid, JournalLink};
-use crate::state::update_report_status;
 use crate::{JobEvent, Result};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vmshift_libvirt::{DiskChange, DomainState};
 
@@ -195,13 +194,7 @@ pub(crate) fn rollback(
         Ok(r) => r,
         Err(why) => return refuse(ctx, "rollback", &why),
     };
-    j.set_status(&job.id, "rolled_back", None)
-        .and_then(|()| j.set_partial_state(&job.id, "removed"))?;
-    j.phase_started(&job.id, job.runs, "rollback")
-        .and_then(|()| j.phase_ended(&job.id, 0))?;
-    if let Some(r) = &job.report {
-        update_report_status(Path::new(r), &references);
-    }
+    crate::control::mark_rolled_back(j, job, &references)?;
     ctx.em.say(format!(
         "vmshift: job {} rolled back: domain {} uses its sources again",
         job.id, jd.plan.name

@@ -63,10 +63,6 @@ fn format_of(name: Option<&str>, what: &str) -> Result<ImageFormat, String> {
     }
 }
 
-fn ext_format(f: ImageFormat) -> vmshift_qmp::TargetFormat {
-    crate::live::qmp_format(f)
-}
-
 /// Where a disk's image is: a file, or a pool volume resolved to its path.
 fn source_path(lv: &Libvirt, d: &DiskDef) -> Result<PathBuf, String> {
     let what = format!("disk {}", d.target);
@@ -255,7 +251,7 @@ fn plan_disk(
         }
     }
     let dest_format = r.format.unwrap_or(format);
-    let name = vmshift_qmp::live::target_file_name(&source, ext_format(dest_format));
+    let name = vmshift_qmp::live::target_file_name(&source, crate::live::qmp_format(dest_format));
     let dest_path = dest.join(name);
     if source
         .parent()

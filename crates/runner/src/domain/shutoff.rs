@@ -22,7 +22,8 @@ fn disk_job(
     earlier: Option<&String>,
     req: &OfflineRequest,
 ) -> (String, crate::Result<ExitCode>) {
-    if let (Some(id), Some(_)) = (earlier, link) {
+    // An earlier run's job is only known through the journal.
+    if let Some(id) = earlier.filter(|_| link.is_some()) {
         let j = open_journal();
         let rec = j.as_ref().ok().and_then(|j| j.job(id).ok());
         if let (Ok(j), Some(rec)) = (j, rec) {
