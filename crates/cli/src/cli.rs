@@ -216,6 +216,7 @@ pub struct MigrateArgs {
     /// The source image (qcow2 or raw); not with --qmp or --domain.
     #[arg(
         required_unless_present_any = ["qmp", "domain"],
+        conflicts_with_all = ["qmp", "domain"],
         default_value = ".",
         hide_default_value = true
     )]

@@ -417,6 +417,22 @@ fn offline_only_flags_are_refused_with_qmp_or_domain_instead_of_ignored() {
             "{vm:?} {flag:?}: {err}"
         );
     }
+    // An image named beside --domain or --qmp is refused, not ignored.
+    for vm in [["--domain", "web01"], ["--qmp", "/run/none.sock"]] {
+        let out = ws
+            .vmshift()
+            .arg("migrate")
+            .args(vm)
+            .args([p(&ws.path("web01.qcow2")), "--to", p(&b)])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{vm:?}");
+        assert!(
+            stderr(&out).contains("cannot be used with '[SOURCE]'"),
+            "{}",
+            stderr(&out)
+        );
+    }
     assert!(listing(&b).is_empty());
 }
 

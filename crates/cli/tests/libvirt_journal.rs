@@ -232,6 +232,9 @@ fn rollback_of_a_shut_off_move_restores_the_definition_byte_for_byte() {
     assert_eq!(lab.inactive_xml(), before);
     assert!(listing(&b).is_empty(), "{:?}", listing(&b));
     assert_eq!(status(&lab, &id)["status"], "rolled_back");
+    for c in &children {
+        assert_eq!(status(&lab, c)["status"], "rolled_back", "per-disk job {c}");
+    }
     // A second rollback is refused: the job is no longer succeeded.
     let again = command(&lab, &["rollback", &id]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));

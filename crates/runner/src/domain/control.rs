@@ -195,6 +195,17 @@ pub(crate) fn rollback(
         Err(why) => return refuse(ctx, "rollback", &why),
     };
     crate::control::mark_rolled_back(j, job, &references)?;
+    // The per-disk jobs' copies are gone with it.
+    for id in jd.children.values() {
+        if let Ok(c) = j.job(id) {
+            crate::control::mark_rolled_back(j, &c, &references)?;
+        }
+    }
+    if let Some(pool) = &jd.request.pool {
+        if let Err(e) = jd.lv.refresh_pool(pool) {
+            ctx.em.say(format!("vmshift: warning: {e}"));
+        }
+    }
     ctx.em.say(format!(
         "vmshift: job {} rolled back: domain {} uses its sources again",
         job.id, jd.plan.name

@@ -31,6 +31,10 @@ pub struct Moved {
     pub verified: bool,
     /// Bytes verified by digest.
     pub verified_bytes: u64,
+    /// Bytes of zeroes and holes not written (offline).
+    pub skipped: u64,
+    /// Bytes reused from an interrupted run (offline resume).
+    pub reused: u64,
     /// Pivot time of all disks, ms (live).
     pub pivot_ms: Option<u64>,
     /// Notes and warnings for the report.
@@ -293,7 +297,7 @@ pub(crate) fn run_with(
                 ));
             }
             if report.source_deleted {
-                em.say("vmshift: the old image files were deleted (--delete-source)");
+                em.say("vmshift: the old image files were deleted");
             }
             for r in &report.references {
                 em.say(format!("vmshift: {r}"));
@@ -326,6 +330,8 @@ fn recorded_moves(p: &DomainPlan) -> Moved {
         bytes: 0,
         verified: false,
         verified_bytes: 0,
+        skipped: 0,
+        reused: 0,
         pivot_ms: None,
         notes: Vec::new(),
         warnings: Vec::new(),
@@ -347,6 +353,8 @@ fn finish(
     let first = &p.disks[0];
     report.destination = side(&first.dest, first.dest_format.as_str(), first.virtual_size);
     report.bytes_copied = m.bytes;
+    report.bytes_skipped_zero = m.skipped;
+    report.bytes_reused = m.reused;
 
     report.disks = m.disks;
     report.pivot_ms = m.pivot_ms;

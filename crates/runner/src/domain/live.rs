@@ -132,6 +132,8 @@ pub(crate) fn run(
         bytes: out.disks.iter().map(|d| d.bytes).sum(),
         verified: false,
         verified_bytes: 0,
+        skipped: 0,
+        reused: 0,
         pivot_ms: Some(out.pivot_ms),
         notes: vec![format!(
             "libvirt block copy: all disks ready after {} ms, pivoted in {} ms",

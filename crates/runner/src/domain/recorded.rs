@@ -173,14 +173,20 @@ pub(crate) fn clear_live_leftovers(jd: &JobDomain) -> std::result::Result<Vec<St
         }
         if jd.state == DomainState::Running {
             if let Some(j) = jd.dom.block_job(&d.target).map_err(|e| e.to_string())? {
-                jd.dom
-                    .end_job(&d.target, false)
-                    .map_err(|e| format!("cannot end the block job on {}: {e}", d.target))?;
-                notes.push(format!(
-                    "ended the interrupted run's block job ({}) on {} without pivot",
-                    j.kind_name(),
-                    d.target
-                ));
+                match jd.dom.end_job(&d.target, false) {
+                    Ok(()) => notes.push(format!(
+                        "ended the interrupted run's block job ({}) on {} without pivot",
+                        j.kind_name(),
+                        d.target
+                    )),
+                    // A domain that stopped meanwhile took its block jobs with it.
+                    Err(_) if !jd.dom.state().is_ok_and(|s| s == DomainState::Running) => notes
+                        .push(format!(
+                            "the domain stopped: its block job on {} ended with it",
+                            d.target
+                        )),
+                    Err(e) => return Err(format!("cannot end the block job on {}: {e}", d.target)),
+                }
             }
         }
         match std::fs::remove_file(&d.dest) {

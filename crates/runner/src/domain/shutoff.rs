@@ -83,6 +83,8 @@ pub(crate) fn run(
         bytes: 0,
         verified: true,
         verified_bytes: 0,
+        skipped: 0,
+        reused: 0,
         pivot_ms: None,
         notes: Vec::new(),
         warnings: Vec::new(),
@@ -142,6 +144,8 @@ pub(crate) fn run(
         let rep = rep.unwrap_or_else(|| unreachable_report(&child));
         done.push(&d.dest);
         moved.bytes += rep.bytes_copied;
+        moved.skipped += rep.bytes_skipped_zero;
+        moved.reused += rep.bytes_reused;
         moved.verified_bytes += rep.verification.verified_bytes;
         moved.verified &= rep.verification.result == "match";
         moved.warnings.extend(rep.warnings.iter().cloned());
