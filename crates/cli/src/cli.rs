@@ -175,6 +175,18 @@ pub enum Command {
         #[arg(long, value_parser = parse_size_arg)]
         bwlimit: Option<u64>,
     },
+    /// Run the HTTP service: REST API under /api/v1, a live dashboard at /, Prometheus
+    /// metrics at /metrics. Jobs it runs are journaled like the CLI's; SIGTERM interrupts
+    /// them so that `resume` continues them.
+    Serve {
+        /// ADDR:PORT to listen on (default: the configuration's `listen`, else
+        /// 127.0.0.1:8088; a non-loopback address needs [tls] in the configuration).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// The configuration file (default: /etc/vmshift/config.toml if it exists).
+        #[arg(long = "config", value_name = "FILE")]
+        serve_config: Option<PathBuf>,
+    },
 }
 
 /// `vmshift jobs` subcommands.

@@ -1,10 +1,9 @@
 //! `vmshift jobs` and `vmshift status JOB`: what the journal records, read-only.
 
 use anyhow::{anyhow, Result};
-use serde_json::json;
 use vmshift_core::format_bytes;
 use vmshift_journal::{JobRecord, ProgressRecord};
-use vmshift_runner::journal::{read_journal, running_pid, shown_status};
+use vmshift_runner::journal::{job_json, read_journal, running_pid, shown_status};
 use vmshift_runner::ExitCode;
 
 fn progress(j: &JobRecord, now: Option<&ProgressRecord>) -> String {
@@ -21,23 +20,6 @@ fn progress(j: &JobRecord, now: Option<&ProgressRecord>) -> String {
     }
     let pct = j.done_bytes.min(j.total_bytes) * 100 / j.total_bytes;
     format!("{pct}%")
-}
-
-/// A job as JSON; a running job adds its process's latest progress sample (`now`).
-fn job_json(j: &JobRecord, journal: &vmshift_journal::Journal) -> serde_json::Value {
-    let now = journal
-        .progress(&j.id)
-        .ok()
-        .flatten()
-        .filter(|_| running_pid(&j.id).is_some());
-    json!({
-        "now": now,
-        "job_id": j.id, "kind": j.kind, "source": j.source, "destination": j.destination,
-        "status": shown_status(j), "progress": {"done_bytes": j.done_bytes, "total_bytes": j.total_bytes},
-        "started": j.created_at, "updated": j.updated_at, "error": j.error,
-        "partial": j.partial, "partial_state": j.partial_state, "pid": running_pid(&j.id),
-        "runs": j.runs, "report": j.report,
-    })
 }
 
 /// Which jobs `vmshift jobs` lists.

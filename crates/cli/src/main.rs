@@ -105,6 +105,17 @@ fn run(command: &Command) -> anyhow::Result<i32> {
         Command::Cancel { job, keep_partial } => follow(runner.cancel(job, *keep_partial), false),
         Command::Set { job, bwlimit, json } => follow(runner.set_bwlimit(job, *bwlimit), *json),
         Command::Rollback { job, json, bwlimit } => follow(runner.rollback(job, *bwlimit), *json),
+        Command::Serve {
+            listen,
+            serve_config,
+        } => {
+            let opts = vmshift_server::ServeOptions {
+                config: serve_config.clone(),
+                listen: listen.clone(),
+            };
+            vmshift_server::serve(&opts, Vec::new()).map_err(anyhow::Error::msg)?;
+            Ok(0)
+        }
     }
 }
 

@@ -29,6 +29,7 @@ impl fmt::Display for JobId {
 
 /// Offline (the VM is off; our copy engine) or live (QEMU block mirror over QMP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// The VM is off; vmshift copies the image itself.
@@ -42,6 +43,7 @@ pub enum JobKind {
 
 /// Where a job stands. The terminal ones are `Succeeded`, `Failed`, `Cancelled`, `RolledBack`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Created or running.
@@ -74,6 +76,7 @@ impl JobStatus {
 
 /// The phases a job walks through, in order (see DESIGN.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Inspect source and destination; decide whether the job may go ahead.

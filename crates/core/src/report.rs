@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 /// One side of a migration: where an image is and what it looks like.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageSide {
     /// Absolute path of the image file.
     pub path: String,
@@ -25,6 +26,7 @@ pub struct ImageSide {
 
 /// One phase's timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseTiming {
     /// Phase name ([`Phase::as_str`]).
     pub name: Phase,
@@ -36,6 +38,7 @@ pub struct PhaseTiming {
 
 /// Outcome of the verify phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Verification {
     /// Digest construction, e.g. `blake3-sparse-1MiB` (see `vmshift-copy::digest`).
     pub algorithm: String,
@@ -61,6 +64,7 @@ pub struct Verification {
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
     /// The phase that failed.
     pub phase: Phase,
@@ -70,6 +74,7 @@ pub struct JobError {
 
 /// One disk of a live job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskReport {
     /// QEMU device id (e.g. `vd0`) or node name.
     pub device: String,
@@ -96,6 +101,7 @@ pub struct DiskReport {
 
 /// The report every job writes (JSON is the contract; Markdown is for people).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     /// Job id (UUID v7).
     pub job_id: String,
@@ -164,6 +170,7 @@ pub struct Report {
 
 /// One bandwidth limit change of a running job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BwlimitChange {
     /// RFC 3339 UTC time the job applied it.
     pub at: String,

@@ -9,6 +9,7 @@ use vmshift_core::{JobKind, Phase};
 /// One event of a job, serialized with an `event` tag:
 /// `{"event": "phase", "phase": "copy", "state": "started"}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
     /// The job exists: its id and kind (first event of every migration).
@@ -60,6 +61,7 @@ pub enum JobEvent {
         report: Box<Report>,
         /// Where it was written (`<state>/reports/<job_id>.json`).
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
         path: Option<PathBuf>,
     },
     /// A command's machine-readable result that is not a migration report (rollback, set,
@@ -78,6 +80,7 @@ pub enum JobEvent {
 
 /// Whether a [`JobEvent::Phase`] starts or ends the phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PhaseState {
     /// The phase began.
@@ -88,6 +91,7 @@ pub enum PhaseState {
 
 /// A progress sample.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// What progresses: `copy`, `verify`, `verify-source`.
     pub phase: String,
@@ -107,6 +111,7 @@ pub struct Progress {
 
 /// Progress of one disk of a live job.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskProgress {
     /// Device id (`vd0`).
     pub device: String,

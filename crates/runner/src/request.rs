@@ -8,6 +8,7 @@ use std::path::PathBuf;
 /// Serialized with a `kind` tag: `{"kind": "offline", "source": "...", "to": "..."}`.
 /// Later kinds (libvirt domains, batches) are new variants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobRequest {
     /// Copy an image file (the VM is off).
@@ -20,6 +21,7 @@ pub enum JobRequest {
 
 /// Image formats vmshift writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ImageFormat {
@@ -31,6 +33,7 @@ pub enum ImageFormat {
 
 /// How an offline copy does its I/O.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum IoMode {
@@ -48,6 +51,7 @@ pub enum IoMode {
 /// A property of the source that an offline copy may drop when asked (`--drop`); without
 /// the request, a source that has it is refused by the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum DropProperty {
@@ -72,6 +76,7 @@ impl DropProperty {
 
 /// When an offline copy's target is read back for verification.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum VerifyMode {
@@ -86,6 +91,7 @@ pub enum VerifyMode {
 
 /// Live mirror copy mode (QEMU's `copy-mode`, qapi/block-core.json `MirrorCopyMode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum CopyMode {
@@ -101,12 +107,15 @@ pub enum CopyMode {
 
 /// An offline move of one image (and, flattened or kept, its backing chain).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OfflineRequest {
     /// The source image file (qcow2 or raw). Opened read-only, never modified.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub source: PathBuf,
     /// Destination: an existing directory (the image keeps its file name, the extension
     /// follows the format) or a file path.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub to: PathBuf,
     /// Target format; `None`: the source's (or the one `to`'s file name asks for).
     #[serde(default)]
@@ -153,6 +162,7 @@ pub struct OfflineRequest {
     pub io: IoMode,
     /// Also write the report here (Markdown if the name ends in `.md`, else JSON).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub report: Option<PathBuf>,
     /// Keep the partial target on any failure or cancellation, for resume.
     #[serde(default)]
@@ -191,11 +201,14 @@ impl OfflineRequest {
 
 /// A live move of a running QEMU's disks: `blockdev-mirror` per disk, one pivot for all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LiveRequest {
     /// The VM's QMP socket (`-qmp unix:SOCKET,server=on,wait=off`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub qmp: PathBuf,
     /// Destination directory; each target keeps its source's file name.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub to: PathBuf,
     /// Disks to move (device id, qdev path or node name); empty: every writable disk.
     #[serde(default)]
@@ -221,6 +234,7 @@ pub struct LiveRequest {
     pub delete_source: bool,
     /// Also write the report here (Markdown if the name ends in `.md`, else JSON).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub report: Option<PathBuf>,
     /// Do not record the job in the journal.
     #[serde(default)]
@@ -250,6 +264,7 @@ impl LiveRequest {
 /// the offline engine (checked, verified) when it is shut off; then the persistent
 /// definition names the new files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DomainRequest {
     /// The domain's name.
@@ -259,6 +274,7 @@ pub struct DomainRequest {
     pub connect: Option<String>,
     /// Destination directory (each disk keeps its file name). Exactly one of `to`, `pool`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub to: Option<PathBuf>,
     /// Destination storage pool (a directory pool); refreshed after the move.
     #[serde(default)]
@@ -286,6 +302,7 @@ pub struct DomainRequest {
     pub delete_source: bool,
     /// Also write the report here (Markdown if the name ends in `.md`, else JSON).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub report: Option<PathBuf>,
     /// Do not record the job in the journal.
     #[serde(default)]

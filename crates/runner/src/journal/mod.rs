@@ -112,6 +112,26 @@ pub fn shown_status(j: &JobRecord) -> String {
     }
 }
 
+/// A job as JSON, as `vmshift jobs --json` and `GET /api/v1/jobs` show it: id, kind,
+/// source, destination, status (as [`shown_status`]), journaled `progress` {done_bytes,
+/// total_bytes}, times (RFC 3339), error, partial target, pid, runs, report path; a running
+/// job adds its process's latest progress sample (`now`).
+pub fn job_json(j: &JobRecord, journal: &Journal) -> serde_json::Value {
+    let now = journal
+        .progress(&j.id)
+        .ok()
+        .flatten()
+        .filter(|_| running_pid(&j.id).is_some());
+    serde_json::json!({
+        "now": now,
+        "job_id": j.id, "kind": j.kind, "source": j.source, "destination": j.destination,
+        "status": shown_status(j), "progress": {"done_bytes": j.done_bytes, "total_bytes": j.total_bytes},
+        "started": j.created_at, "updated": j.updated_at, "error": j.error,
+        "partial": j.partial, "partial_state": j.partial_state, "pid": running_pid(&j.id),
+        "runs": j.runs, "report": j.report,
+    })
+}
+
 /// The journal as a running job uses it: shared between the job and its checkpointer.
 #[derive(Clone)]
 pub struct JournalLink {

@@ -1,0 +1,1 @@
+// vmshift dashboard
