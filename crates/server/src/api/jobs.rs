@@ -15,6 +15,8 @@ use vmshift_runner::{JobEvent, JobHandle, JobRequest};
 
 /// How long a resume or rollback is given to be refused before the call returns.
 const EARLY_REFUSAL: Duration = Duration::from_millis(1500);
+/// How long a start waits for its job to be recorded in the journal.
+const RECORDED: Duration = Duration::from_secs(30);
 
 /// `GET /jobs` filters.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -165,6 +167,8 @@ pub async fn start(
         }
         let handle = st.runner.start(request)?;
         let t = st.tracker.track(handle, "start");
+        // Answer once the journal has the job, so a GET right after the 201 finds it.
+        t.wait_recorded(RECORDED);
         Ok((t.id.clone(), lines))
     })
     .await?;

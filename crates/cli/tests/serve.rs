@@ -1,0 +1,716 @@
+//! `vmshift serve` against real images: the HTTP API's refusals (nothing started, nothing
+//! written), a job run over HTTP and followed by SSE, a CLI job seen and cancelled through
+//! the API, a job that outlives a restart of the service, metrics and the OpenAPI document.
+
+mod common;
+mod serve_support;
+
+use common::{p, qemu_img, qemu_io, Ws, M};
+use serde_json::{json, Value};
+use serve_support::{Service, OPERATE, READ};
+use std::time::Duration;
+
+/// A qcow2 image in the service's datastore with `data_mib` MiB of data.
+fn image(svc: &Service, name: &str, virtual_mib: u64, data_mib: u64) -> std::path::PathBuf {
+    let img = svc.store.join(name);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        p(&img),
+        &format!("{virtual_mib}M"),
+    ]);
+    qemu_io("qcow2", &img, &[&format!("write -P 0x5a 0 {data_mib}M")]);
+    img
+}
+
+fn offline(source: &std::path::Path, to: &std::path::Path) -> Value {
+    json!({"kind": "offline", "source": source, "to": to})
+}
+
+#[test]
+fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let img = image(&svc, "a.qcow2", 16, 1);
+    let dst = svc.store.join("dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    let outside = ws.mkdir("outside");
+    std::os::unix::fs::symlink(&outside, svc.store.join("escape")).unwrap();
+    let good = offline(&img, &dst).to_string();
+
+    let cases: Vec<(&str, &str, Option<&str>, Option<String>, u16, &str)> = vec![
+        (
+            "POST",
+            "/api/v1/jobs",
+            None,
+            Some(good.clone()),
+            401,
+            "no bearer token",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some("not-a-known-token-at-all"),
+            Some(good.clone()),
+            401,
+            "not known",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(READ),
+            Some(good.clone()),
+            403,
+            "read role",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some("{\"kind\":".into()),
+            400,
+            "not a valid request",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(json!({"kind":"offline","source":img,"to":dst,"speed":1}).to_string()),
+            422,
+            "unknown field `speed`",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(offline(&outside.join("x.qcow2"), &dst).to_string()),
+            403,
+            "outside the service's datastores",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(offline(&img, &svc.store.join("escape/d")).to_string()),
+            403,
+            "outside",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(offline(&img, &svc.store.join("dst/../../outside")).to_string()),
+            403,
+            "\"..\" is not allowed",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(json!({"kind":"offline","source":img,"to":dst,"no_journal":true}).to_string()),
+            400,
+            "always journaled",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(
+                json!({"kind":"offline","source":img,"to":dst,"report":outside.join("r.json")})
+                    .to_string(),
+            ),
+            403,
+            "report",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            Some(format!(
+                "{{\"kind\":\"offline\",\"source\":\"{}\",\"to\":\"{}\",\"pad\":\"{}\"}}",
+                p(&img),
+                p(&dst),
+                "x".repeat(100_000)
+            )),
+            413,
+            "too large",
+        ),
+        (
+            "GET",
+            "/api/v1/jobs/01a00000-0000-7000-8000-000000000000",
+            Some(READ),
+            None,
+            404,
+            "no job",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs/01a00000-0000-7000-8000-000000000000/cancel",
+            Some(OPERATE),
+            None,
+            404,
+            "no job",
+        ),
+        (
+            "GET",
+            "/api/v1/nothing",
+            Some(READ),
+            None,
+            404,
+            "no such endpoint: GET /api/v1/nothing",
+        ),
+        (
+            "DELETE",
+            "/api/v1/jobs",
+            Some(OPERATE),
+            None,
+            405,
+            "DELETE is not allowed",
+        ),
+        (
+            "PATCH",
+            "/api/v1/jobs/x",
+            Some(OPERATE),
+            Some("{\"bwlimit\":\"fast\"}".into()),
+            422,
+            "bwlimit",
+        ),
+    ];
+    for (method, path, token, body, status, says) in cases {
+        let (s, ct, v) = svc.call(method, path, token, body.as_deref());
+        assert_eq!(s, status, "{method} {path}: {v}");
+        assert_eq!(ct, "application/problem+json", "{method} {path}");
+        assert_eq!(v["status"], status, "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{method} {path}: {detail}");
+        assert!(!detail.contains('\n'), "one line: {detail}");
+    }
+    // A body that is not declared JSON.
+    let r = ureq::post(&svc.url("/api/v1/jobs"))
+        .set("Authorization", &format!("Bearer {OPERATE}"))
+        .set("Content-Type", "text/plain")
+        .send_string(&good);
+    match r {
+        Err(ureq::Error::Status(415, resp)) => {
+            let v: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+            assert!(
+                v["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Content-Type: application/json"),
+                "{v}"
+            );
+        }
+        other => panic!("expected 415, got {other:?}"),
+    }
+    // Nothing was started and nothing written.
+    let (s, jobs) = svc.get("/api/v1/jobs?all=true");
+    assert_eq!(s, 200);
+    assert_eq!(jobs, json!([]), "no job may exist");
+    assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    // The read token's attempt was refused, not logged as a call; the operate ones were.
+    let log = svc.stderr.lock().unwrap().clone();
+    assert!(!log.contains("by token viewer"), "{log}");
+}
+
+#[test]
+fn a_job_started_over_http_is_verified_and_its_sse_stream_carries_the_cli_events() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let img = image(&svc, "disk.qcow2", 256, 48);
+    let dst = svc.store.join("new");
+    std::fs::create_dir_all(&dst).unwrap();
+
+    // The check first: the plan, nothing written.
+    let (s, plan) = svc.post("/api/v1/check", &offline(&img, &dst));
+    assert_eq!(s, 200, "{plan}");
+    assert_eq!(plan["go"], true, "{plan}");
+    assert!(
+        plan["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("48.0 MiB of data")),
+        "{plan}"
+    );
+    assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+
+    let (s, started) = svc.post("/api/v1/jobs", &offline(&img, &dst));
+    assert_eq!(s, 201, "{started}");
+    let id = started["job_id"].as_str().unwrap().to_string();
+    let events = svc.events(&id, Duration::from_secs(120));
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"job"), "{kinds:?}");
+    assert_eq!(events[0]["job_id"], id.as_str());
+    assert_eq!(kinds.last(), Some(&"report"), "{kinds:?}");
+    let report = &events.last().unwrap()["report"];
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["verification"]["result"], "match");
+    assert_eq!(report["bytes_copied"], 48 * M);
+
+    // The same move by the CLI prints the same sequence of phase events.
+    let phases = |evs: &[Value]| -> Vec<String> {
+        evs.iter()
+            .filter(|e| e["event"] == "phase")
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["phase"].as_str().unwrap(),
+                    e["state"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let cli_dst = svc.store.join("cli");
+    std::fs::create_dir_all(&cli_dst).unwrap();
+    let out = ws
+        .vmshift()
+        .env("VMSHIFT_STATE_DIR", &svc.state)
+        .args(["migrate", p(&img), "--to", p(&cli_dst), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cli: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(phases(&events), phases(&cli));
+
+    // The job as the API shows it: journal record, phases, report in three forms.
+    let job = svc.wait_job(&id, 30, |v| v["status"] == "succeeded");
+    assert_eq!(
+        job["report"]["destination"]["path"],
+        p(&dst.join("disk.qcow2"))
+    );
+    assert!(
+        job["report_html"].as_str().unwrap().contains("<table>"),
+        "{job}"
+    );
+    assert!(job["report_markdown"]
+        .as_str()
+        .unwrap()
+        .contains("succeeded"));
+    let names: Vec<&str> = job["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"check"));
+    assert!(names.contains(&"verify"), "{names:?}");
+    common::assert_same_image(&img, &dst.join("disk.qcow2"));
+
+    // Both jobs are in the one journal; the API lists them newest first.
+    let (_, jobs) = svc.get("/api/v1/jobs");
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{jobs}");
+    assert_eq!(ids[1], id);
+
+    // Metrics: the job's bytes, both jobs by kind and status, the phase histogram.
+    let m = svc.text("/metrics");
+    assert!(
+        m.contains(&format!("vmshift_copied_bytes_total {}", 48 * M)),
+        "{m}"
+    );
+    assert!(
+        m.contains("vmshift_jobs{kind=\"offline\",status=\"succeeded\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vmshift_phase_duration_seconds_count{phase=\"copy\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("vmshift_verification_failures_total 0"), "{m}");
+
+    // Datastores: the images and what they allocate.
+    let (_, ds) = svc.get("/api/v1/datastores");
+    let d = &ds[0];
+    assert_eq!(d["images"], 3, "{ds}");
+    let alloc = common::allocated(&img)
+        + common::allocated(&dst.join("disk.qcow2"))
+        + common::allocated(&cli_dst.join("disk.qcow2"));
+    assert_eq!(d["allocated_by_images_bytes"], alloc, "{ds}");
+    assert!(d["free_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_refused_check_is_a_422_with_the_plan_and_writes_nothing() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let img = image(&svc, "a.qcow2", 16, 1);
+    let (s, v) = svc.post("/api/v1/jobs", &offline(&img, &svc.store.join("missing/")));
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("does not exist"),
+        "{v}"
+    );
+    assert!(v["lines"].as_array().unwrap().len() > 2, "{v}");
+    let (_, jobs) = svc.get("/api/v1/jobs?all=true");
+    assert_eq!(jobs, json!([]));
+}
+
+#[test]
+fn a_cli_job_shows_up_in_the_api_streams_from_the_journal_and_is_cancelled_from_it() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let img = image(&svc, "big.qcow2", 512, 256);
+    let dst = svc.store.join("to");
+    std::fs::create_dir_all(&dst).unwrap();
+    // The CLI's job, in the service's state directory, copying slowly.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
+        .args([
+            "migrate",
+            p(&img),
+            "--to",
+            p(&dst),
+            "--bwlimit",
+            "8M",
+            "--json",
+        ])
+        .env("VMSHIFT_STATE_DIR", &svc.state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let (_, jobs) = svc.get("/api/v1/jobs");
+        if let Some(j) = jobs.as_array().and_then(|a| a.first()) {
+            if j["status"] == "running" && j["now"]["done_bytes"].as_u64().unwrap_or(0) > 0 {
+                assert!(j["pid"].as_u64().is_some(), "{j}");
+                break j["job_id"].as_str().unwrap().to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the CLI job never showed progress: {jobs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Its events come from the journal: the job, the phases so far, progress samples.
+    let follower = {
+        let url = svc.url(&format!("/api/v1/jobs/{id}/events"));
+        std::thread::spawn(move || {
+            let resp = ureq::get(&url)
+                .set("Authorization", &format!("Bearer {OPERATE}"))
+                .timeout(Duration::from_secs(120))
+                .call()
+                .unwrap();
+            serve_support::read_all(resp.into_reader())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let code = child.wait().unwrap().code();
+    assert_ne!(code, Some(0));
+    let stream = follower.join().unwrap();
+    assert!(stream.contains("event: job"), "{stream}");
+    assert!(
+        stream.contains("\"phase\":\"copy\",\"state\":\"started\""),
+        "{stream}"
+    );
+    assert!(stream.contains("event: progress"), "{stream}");
+    assert!(
+        stream.contains("\"status\":\"cancelled\""),
+        "the report ends it: {stream}"
+    );
+    let job = svc.wait_job(&id, 10, |v| v["status"] != "running");
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(
+        common::listing(&dst),
+        Vec::<String>::new(),
+        "no partial target left"
+    );
+    // Cancelling it again is a conflict, said in one line.
+    let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}));
+    assert_eq!(s, 409, "{v}");
+}
+
+#[test]
+fn a_job_started_over_http_outlives_a_restart_and_resumes_from_its_checkpoint() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let img = image(&svc, "vm.qcow2", 512, 192);
+    let dst = svc.store.join("moved");
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut req = offline(&img, &dst);
+    req["bwlimit"] = json!(24 * M);
+    let (s, v) = svc.post("/api/v1/jobs", &req);
+    assert_eq!(s, 201, "{v}");
+    let id = v["job_id"].as_str().unwrap().to_string();
+    svc.wait_job(&id, 60, |v| {
+        v["progress"]["done_bytes"].as_u64().unwrap_or(0) >= 64 * M
+    });
+    // SIGTERM: the service interrupts the job at a checkpoint (as Ctrl-C does the CLI's:
+    // cancelled, its partial target kept for a resume) and exits.
+    let (code, log) = svc.terminate();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("interrupting running jobs"), "{log}");
+
+    let svc = Service::start(ws.dir.path());
+    let job = svc.wait_job(&id, 10, |_| true);
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["partial_state"], "kept", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("interrupted"),
+        "{job}"
+    );
+    let done_before = job["progress"]["done_bytes"].as_u64().unwrap();
+    assert!(done_before >= 64 * M, "{job}");
+    // Resume without the limit: it continues, does not start over.
+    let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/resume"), &json!({"bwlimit": 0}));
+    assert_eq!(s, 202, "{v}");
+    let job = svc.wait_job(&id, 120, |v| v["status"] == "succeeded");
+    let report = &job["report"];
+    assert_eq!(report["verification"]["result"], "match", "{report}");
+    assert!(
+        report["bytes_reused"].as_u64().unwrap() >= 64 * M,
+        "{report}"
+    );
+    assert_eq!(job["runs"], 2, "{job}");
+    common::assert_same_image(&img, &dst.join("vm.qcow2"));
+
+    // A restart after a crash (SIGKILL) shows a job the service ran as interrupted too.
+    let mut req = offline(&img, &svc.store.join("again"));
+    std::fs::create_dir_all(svc.store.join("again")).unwrap();
+    req["bwlimit"] = json!(8 * M);
+    let (_, v) = svc.post("/api/v1/jobs", &req);
+    let id2 = v["job_id"].as_str().unwrap().to_string();
+    svc.wait_job(&id2, 60, |v| v["status"] == "running");
+    svc.kill();
+    let svc = Service::start(ws.dir.path());
+    let job = svc.wait_job(&id2, 10, |_| true);
+    assert_eq!(job["status"], "interrupted", "{job}");
+    let (s, v) = svc.post(&format!("/api/v1/jobs/{id2}/cancel"), &json!({}));
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn bandwidth_changes_and_rollback_go_through_the_api() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let img = image(&svc, "r.qcow2", 256, 96);
+    let dst = svc.store.join("r");
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut req = offline(&img, &dst);
+    req["bwlimit"] = json!(8 * M);
+    let (_, v) = svc.post("/api/v1/jobs", &req);
+    let id = v["job_id"].as_str().unwrap().to_string();
+    svc.wait_job(&id, 60, |v| v["now"]["phase"] == "copy");
+    // A read token cannot change it; an operate token can.
+    let (s, _, _) = svc.call(
+        "PATCH",
+        &format!("/api/v1/jobs/{id}"),
+        Some(READ),
+        Some("{\"bwlimit\":0}"),
+    );
+    assert_eq!(s, 403);
+    let (s, _, v) = svc.call(
+        "PATCH",
+        &format!("/api/v1/jobs/{id}"),
+        Some(OPERATE),
+        Some("{\"bwlimit\":0}"),
+    );
+    assert_eq!(s, 200, "{v}");
+    let job = svc.wait_job(&id, 120, |v| v["status"] == "succeeded");
+    let changes = job["report"]["bwlimit_changes"].as_array().unwrap();
+    assert_eq!(changes.last().unwrap()["bytes_per_sec"], 0, "{changes:?}");
+    let target = dst.join("r.qcow2");
+    assert!(target.exists());
+
+    let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/rollback"), &json!({}));
+    assert_eq!(s, 202, "{v}");
+    let job = svc.wait_job(&id, 60, |v| v["status"] == "rolled_back");
+    assert_eq!(job["status"], "rolled_back");
+    assert!(!target.exists(), "rollback deletes the target");
+    assert!(img.exists(), "and keeps the source");
+    // A second rollback is refused: 409, the refusal in one line.
+    let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/rollback"), &json!({}));
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("rollback refused"),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_openapi_document_describes_every_path_and_the_request_type() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let (s, _, doc) = svc.call("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/check",
+            "/api/v1/datastores",
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}/cancel",
+            "/api/v1/jobs/{id}/events",
+            "/api/v1/jobs/{id}/resume",
+            "/api/v1/jobs/{id}/rollback",
+            "/healthz",
+        ]
+    );
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "JobRequest",
+        "OfflineRequest",
+        "LiveRequest",
+        "DomainRequest",
+        "Report",
+        "JobEvent",
+        "Problem",
+    ] {
+        assert!(schemas.get(name).is_some(), "{name} missing");
+    }
+    assert!(schemas["OfflineRequest"]["properties"]
+        .get("bwlimit")
+        .is_some());
+    assert_eq!(
+        doc["paths"]["/api/v1/jobs/{id}"]["patch"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/JobPatch"
+    );
+}
+
+#[test]
+fn the_service_refuses_to_start_on_unsafe_configuration() {
+    let ws = Ws::new();
+    let root = ws.dir.path();
+    let store = ws.mkdir("store");
+    let config = serve_support::write_config(root, &store, "");
+    let run = |args: &[&str]| {
+        let out = ws.vmshift().arg("serve").args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // A tokens file others can read.
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(root.join("tokens"))
+            .unwrap()
+            .permissions(),
+        0o644,
+    );
+    std::fs::set_permissions(
+        root.join("tokens"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let (code, err) = run(&["--config", p(&config)]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::set_permissions(
+        root.join("tokens"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // Off loopback without TLS.
+    let (code, err) = run(&["--config", p(&config), "--listen", "0.0.0.0:0"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("HTTPS is required"), "{err}");
+    // A datastore that does not exist.
+    let bad = serve_support::write_config(&ws.mkdir("b"), &root.join("nope"), "");
+    let (code, err) = run(&["--config", p(&bad)]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("datastore") && err.contains("nope"), "{err}");
+    // A key the file format does not have.
+    let typo = serve_support::write_config(&ws.mkdir("c"), &store, "datastore = [\"/x\"]\n");
+    let (code, err) = run(&["--config", p(&typo)]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("unknown field `datastore`") && err.contains("line 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn https_with_the_configured_certificate() {
+    let ws = Ws::new();
+    let root = ws.dir.path();
+    let store = ws.mkdir("store");
+    let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            p(&key),
+            "-out",
+            p(&cert),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let config = serve_support::write_config(
+        root,
+        &store,
+        &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", p(&cert), p(&key)),
+    );
+    let svc = Service::start_with(root, &config, &store);
+    assert!(svc.base.starts_with("https://"), "{}", svc.base);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            p(&cert),
+            "-H",
+            &format!("Authorization: Bearer {READ}"),
+        ])
+        .arg(svc.url("/api/v1/datastores"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["path"], p(&store.canonicalize().unwrap()));
+    // Plain HTTP to the TLS port gets nothing usable.
+    let plain = svc.base.replace("https://", "http://");
+    assert!(ureq::get(&format!("{plain}/healthz"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .is_err());
+}
