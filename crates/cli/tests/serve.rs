@@ -29,6 +29,9 @@ fn offline(source: &std::path::Path, to: &std::path::Path) -> Value {
     json!({"kind": "offline", "source": source, "to": to})
 }
 
+/// method, path, token, body, expected status, what the detail says.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<String>, u16, &'a str);
+
 #[test]
 fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
     let ws = Ws::new();
@@ -40,7 +43,7 @@ fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
     std::os::unix::fs::symlink(&outside, svc.store.join("escape")).unwrap();
     let good = offline(&img, &dst).to_string();
 
-    let cases: Vec<(&str, &str, Option<&str>, Option<String>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/api/v1/jobs",
