@@ -8,6 +8,11 @@ use vmshift_runner::{DomainRequest, JobRequest, LiveRequest, OfflineRequest};
 #[derive(Debug, Parser)]
 #[command(name = "vmshift", version, about, long_about = None)]
 pub struct Cli {
+    /// Config file (TOML) whose [notify] table sends notifications for the jobs that
+    /// migrate, resume, rollback, cancel and demo run (default: $VMSHIFT_CONFIG, else
+    /// /etc/vmshift/config.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

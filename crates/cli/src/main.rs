@@ -5,6 +5,7 @@
 mod cli;
 mod info;
 mod jobs;
+mod notify;
 mod render;
 
 use clap::Parser;
@@ -26,7 +27,17 @@ fn main() {
     // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll); an offline job
     // keeps its journaled partial target for `vmshift resume`.
     let _ = ctrlc::set_handler(render::interrupt_all);
-    match run(&cli.command) {
+    // A config that does not load stops the command before any job starts.
+    let notifier = match notify::start(&cli) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vmshift: error: {}", one_line(&e));
+            std::process::exit(2);
+        }
+    };
+    let result = run(&cli.command, notifier.as_ref());
+    notify::finish(notifier);
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("vmshift: error: {}", one_line(&e));
@@ -35,10 +46,10 @@ fn main() {
     }
 }
 
-fn run(command: &Command) -> anyhow::Result<i32> {
+fn run(command: &Command, notifier: Option<&vmshift_notify::Notifier>) -> anyhow::Result<i32> {
     let runner = Runner::new();
     let follow = |h: vmshift_runner::Result<JobHandle>, json: bool| -> anyhow::Result<i32> {
-        Ok(render::follow(h?, json)?.code)
+        Ok(render::follow(h?, json, notifier)?.code)
     };
     match command {
         Command::Info {
@@ -72,7 +83,7 @@ fn run(command: &Command) -> anyhow::Result<i32> {
                 (_, true) => DemoLibvirt::Skip,
                 _ => DemoLibvirt::Auto,
             };
-            let outcome = render::follow(runner.demo(*offline_only, part)?, *json)?;
+            let outcome = render::follow(runner.demo(*offline_only, part)?, *json, notifier)?;
             if !json {
                 for r in &outcome.reports {
                     println!("{}", r.to_markdown());
