@@ -514,3 +514,58 @@ fn settle(inner: &Inner, p: &mut Pending, result: &AttemptResult) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, WebhookConfig};
+    use crate::event::tests::{job, phase};
+    use vmshift_core::Phase;
+    use vmshift_runner::PhaseState;
+
+    #[test]
+    fn observe_never_waits_on_a_hook_that_never_answers_and_drops_past_the_bound() {
+        let state = tempfile::tempdir().unwrap();
+        // The only test in this crate that opens a journal.
+        std::env::set_var("VMSHIFT_STATE_DIR", state.path());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        // Accept and never answer.
+        let held = std::thread::spawn(move || {
+            let conns: Vec<_> = listener.incoming().take(1).collect();
+            std::thread::sleep(Duration::from_secs(15));
+            drop(conns);
+        });
+        let n = Notifier::start(NotifyConfig {
+            webhooks: vec![WebhookConfig {
+                url,
+                events: EventKind::ALL.to_vec(),
+                secret: Some(Secret("s".into())),
+                secret_file: None,
+                name: Some("stuck".into()),
+            }],
+            ..NotifyConfig::default()
+        });
+        let t = Instant::now();
+        n.observe("j1", &job("j1"));
+        for _ in 0..MAX_UNFINISHED + 10 {
+            n.observe("j1", &phase(Phase::Copy, PhaseState::Started));
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let problems = n.flush(Duration::from_millis(200));
+        let dropped = problems.iter().filter(|p| p.contains("dropped")).count();
+        let abandoned = problems.iter().filter(|p| p.contains("abandoned")).count();
+        assert_eq!(dropped, 11, "{problems:?}");
+        assert_eq!(abandoned, MAX_UNFINISHED, "{problems:?}");
+        assert!(problems[0].starts_with("notification stuck: job.phase of job j1 dropped"));
+        let j = Journal::open(&state.path().join("journal.sqlite")).unwrap();
+        let d = j.deliveries("j1").unwrap();
+        assert_eq!(d.len(), MAX_UNFINISHED);
+        assert_eq!(d[0].event, "job.started");
+        assert!(d.iter().all(|x| x.state == "abandoned"));
+        // Usable again after a flush gave up.
+        assert!(n.flush(Duration::ZERO).is_empty());
+        drop(n);
+        drop(held);
+    }
+}
