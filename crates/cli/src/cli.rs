@@ -8,6 +8,11 @@ use vmshift_runner::{DomainRequest, JobRequest, LiveRequest, OfflineRequest};
 #[derive(Debug, Parser)]
 #[command(name = "vmshift", version, about, long_about = None)]
 pub struct Cli {
+    /// Config file (TOML): `serve` reads all of it; its [notify] table sends notifications
+    /// for the jobs that serve, migrate, resume, rollback, cancel and demo run (default:
+    /// $VMSHIFT_CONFIG, else /etc/vmshift/config.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -183,9 +188,6 @@ pub enum Command {
         /// 127.0.0.1:8088; a non-loopback address needs [tls] in the configuration).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// The configuration file (default: /etc/vmshift/config.toml if it exists).
-        #[arg(long = "config", value_name = "FILE")]
-        serve_config: Option<PathBuf>,
     },
 }
 

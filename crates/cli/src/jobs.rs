@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Result};
 use vmshift_core::format_bytes;
-use vmshift_journal::{JobRecord, ProgressRecord};
+use vmshift_journal::{DeliveryRecord, JobRecord, ProgressRecord};
 use vmshift_runner::journal::{job_json, read_journal, running_pid, shown_status};
 use vmshift_runner::ExitCode;
 
@@ -20,6 +20,25 @@ fn progress(j: &JobRecord, now: Option<&ProgressRecord>) -> String {
     }
     let pct = j.done_bytes.min(j.total_bytes) * 100 / j.total_bytes;
     format!("{pct}%")
+}
+
+/// One notification of a job: target, event, state, attempts, last status or error.
+fn delivery_line(d: &DeliveryRecord) -> String {
+    let mut line = format!(
+        "{} {} {} ({} attempt{})",
+        d.target,
+        d.event,
+        d.state,
+        d.attempts,
+        if d.attempts == 1 { "" } else { "s" }
+    );
+    match (d.last_status, &d.last_error) {
+        (_, Some(e)) => line.push_str(&format!(": {e}")),
+        (Some(s), None) if d.target == "command" => line.push_str(&format!(": exit status {s}")),
+        (Some(s), None) => line.push_str(&format!(": HTTP {s}")),
+        (None, None) => {}
+    }
+    line
 }
 
 /// Which jobs `vmshift jobs` lists.
@@ -132,6 +151,8 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
     let phases = j.phases(&job.id)?;
     // A journal written before bandwidth changes existed has no such table: none then.
     let changes = j.bwlimit_changes(&job.id).unwrap_or_default();
+    // Nor deliveries before notifications existed (schema 3).
+    let deliveries = j.deliveries(&job.id).unwrap_or_default();
     let now = j
         .progress(&job.id)
         .ok()
@@ -142,6 +163,7 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
         v["options"] = job.options.clone();
         v["phases"] = serde_json::to_value(&phases)?;
         v["bwlimit_changes"] = serde_json::to_value(&changes)?;
+        v["deliveries"] = serde_json::to_value(&deliveries)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
@@ -223,6 +245,9 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
                 .as_deref()
                 .map_or("not applied yet".to_string(), |a| format!("applied {a}"))
         );
+    }
+    for d in &deliveries {
+        println!("notify       {}", delivery_line(d));
     }
     println!("phases:");
     for p in &phases {

@@ -5,6 +5,7 @@
 mod cli;
 mod info;
 mod jobs;
+mod notify;
 mod render;
 
 use clap::Parser;
@@ -26,7 +27,17 @@ fn main() {
     // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll); an offline job
     // keeps its journaled partial target for `vmshift resume`.
     let _ = ctrlc::set_handler(render::interrupt_all);
-    match run(&cli.command) {
+    // A config that does not load stops the command before any job starts.
+    let notifier = match notify::start(&cli) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vmshift: error: {}", one_line(&e));
+            std::process::exit(2);
+        }
+    };
+    let result = run(&cli.command, notifier.as_ref(), notify::config_path(&cli));
+    notify::finish(notifier);
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("vmshift: error: {}", one_line(&e));
@@ -35,10 +46,14 @@ fn main() {
     }
 }
 
-fn run(command: &Command) -> anyhow::Result<i32> {
+fn run(
+    command: &Command,
+    notifier: Option<&vmshift_notify::Notifier>,
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<i32> {
     let runner = Runner::new();
     let follow = |h: vmshift_runner::Result<JobHandle>, json: bool| -> anyhow::Result<i32> {
-        Ok(render::follow(h?, json)?.code)
+        Ok(render::follow(h?, json, notifier)?.code)
     };
     match command {
         Command::Info {
@@ -72,7 +87,7 @@ fn run(command: &Command) -> anyhow::Result<i32> {
                 (_, true) => DemoLibvirt::Skip,
                 _ => DemoLibvirt::Auto,
             };
-            let outcome = render::follow(runner.demo(*offline_only, part)?, *json)?;
+            let outcome = render::follow(runner.demo(*offline_only, part)?, *json, notifier)?;
             if !json {
                 for r in &outcome.reports {
                     println!("{}", r.to_markdown());
@@ -105,18 +120,36 @@ fn run(command: &Command) -> anyhow::Result<i32> {
         Command::Cancel { job, keep_partial } => follow(runner.cancel(job, *keep_partial), false),
         Command::Set { job, bwlimit, json } => follow(runner.set_bwlimit(job, *bwlimit), *json),
         Command::Rollback { job, json, bwlimit } => follow(runner.rollback(job, *bwlimit), *json),
-        Command::Serve {
-            listen,
-            serve_config,
-        } => {
-            let opts = vmshift_server::ServeOptions {
-                config: serve_config.clone(),
-                listen: listen.clone(),
-            };
-            vmshift_server::serve(&opts, Vec::new()).map_err(anyhow::Error::msg)?;
-            Ok(0)
+        Command::Serve { listen } => serve(listen.clone(), config),
+    }
+}
+
+/// `vmshift serve`: the service until SIGTERM; the config's notifications observe every
+/// job it runs.
+fn serve(listen: Option<String>, config: Option<std::path::PathBuf>) -> anyhow::Result<i32> {
+    let notifier = match &config {
+        Some(p) => {
+            let c = vmshift_notify::NotifyConfig::from_config_file(p)?;
+            (!c.is_empty()).then(|| std::sync::Arc::new(vmshift_notify::Notifier::start(c)))
+        }
+        None => None,
+    };
+    let observers: Vec<vmshift_server::Observer> = notifier
+        .iter()
+        .map(|n| {
+            let n = n.clone();
+            std::sync::Arc::new(move |id: &str, e: &vmshift_runner::JobEvent| n.observe(id, e))
+                as vmshift_server::Observer
+        })
+        .collect();
+    let opts = vmshift_server::ServeOptions { config, listen };
+    let result = vmshift_server::serve(&opts, observers).map_err(anyhow::Error::msg);
+    if let Some(n) = notifier {
+        for line in n.flush(notify::FLUSH_TIMEOUT) {
+            eprintln!("vmshift: notify: {line}");
         }
     }
+    result.map(|()| 0)
 }
 
 /// `vmshift check`: prints the plan on stdout; 0 when it would go ahead, 2 when refused.

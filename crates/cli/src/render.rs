@@ -28,17 +28,25 @@ fn json_line(line: &str) {
     let _ = out.flush();
 }
 
-/// Renders `job`'s events until it ends and returns its outcome.
+/// Renders `job`'s events until it ends and returns its outcome; `notifier` (when the
+/// config has notifications) sees every event.
 ///
 /// # Errors
 /// The runner's own error (journal, state directory, QEMU unreachable).
-pub fn follow(job: JobHandle, json: bool) -> anyhow::Result<Outcome> {
+pub fn follow(
+    job: JobHandle,
+    json: bool,
+    notifier: Option<&vmshift_notify::Notifier>,
+) -> anyhow::Result<Outcome> {
     running()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(job.control());
     let mut bar = Bar::default();
     for e in job.events() {
+        if let Some(n) = notifier {
+            n.observe(job.job_id(), &e);
+        }
         if json {
             if let Some(l) = e.to_json_line() {
                 json_line(&l);

@@ -3,6 +3,7 @@
 //! the API, a job that outlives a restart of the service, metrics and the OpenAPI document.
 
 mod common;
+mod hook_support;
 mod serve_support;
 
 use common::{p, qemu_img, qemu_io, Ws, M};
@@ -30,7 +31,14 @@ fn offline(source: &std::path::Path, to: &std::path::Path) -> Value {
 }
 
 /// method, path, token, body, expected status, what the detail says.
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<String>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<String>,
+    u16,
+    &'a str,
+);
 
 #[test]
 fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
@@ -716,4 +724,42 @@ fn https_with_the_configured_certificate() {
         .timeout(Duration::from_secs(10))
         .call()
         .is_err());
+}
+
+#[test]
+fn jobs_the_service_runs_notify_the_configured_webhook() {
+    let ws = Ws::new();
+    let root = ws.dir.path();
+    let store = ws.mkdir("store");
+    let hook = hook_support::Hook::start(hook_support::Answer::Statuses(&[]));
+    let config = serve_support::write_config(
+        root,
+        &store,
+        &format!(
+            "[[notify.webhooks]]\nurl = \"{}\"\nevents = [\"job.started\", \"job.succeeded\"]\nsecret = \"service-hook-secret\"\n",
+            hook.url
+        ),
+    );
+    let svc = Service::start_with(root, &config, &store);
+    let img = image(&svc, "n.qcow2", 64, 8);
+    let dst = ws.mkdir("store/n");
+    let (s, v) = svc.post("/api/v1/jobs", &offline(&img, &dst));
+    assert_eq!(s, 201, "{v}");
+    let id = v["job_id"].as_str().unwrap().to_string();
+    svc.wait_job(&id, 60, |v| v["status"] == "succeeded");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while hook.requests().len() < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the hook got {:?}",
+            hook.requests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got: Vec<Value> = hook.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(got[0]["event"], "job.started");
+    assert_eq!(got[1]["event"], "job.succeeded");
+    assert_eq!(got[1]["job_id"], id.as_str());
+    assert_eq!(got[1]["summary"]["bytes_copied"], 8 * M);
+    assert!(hook.requests()[1].headers["x-vmshift-signature"].starts_with("sha256="));
 }

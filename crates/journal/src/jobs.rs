@@ -262,13 +262,24 @@ impl Journal {
         Ok(())
     }
 
-    /// Forgets job `id` with its phases, chunks, bandwidth changes and progress.
+    /// Forgets job `id` with its phases, chunks, bandwidth changes, progress and
+    /// deliveries; also the deliveries of jobs the journal never had (`--no-journal`)
+    /// last changed more than a day ago.
     ///
     /// # Errors
     /// [`JournalError`] on a database error.
     pub fn delete_job(&self, id: &str) -> Result<(), JournalError> {
+        let day_ago = (chrono::Utc::now() - chrono::Duration::days(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.conn
             .execute("DELETE FROM jobs WHERE id = ?1", params![id])
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM deliveries WHERE job_id = ?1
+                     OR (updated_at < ?2 AND job_id NOT IN (SELECT id FROM jobs))",
+                    params![id, day_ago],
+                )
+            })
             .map_err(|e| self.err(e))?;
         Ok(())
     }

@@ -13,11 +13,13 @@
 //! - [`phases`]: phase records ([`PhaseRecord`]) of each run.
 //! - [`chunks`]: chunk records ([`ChunkRecord`]) of offline copies made durable.
 //! - [`control`]: bandwidth changes asked of a running job by another process.
+//! - [`deliveries`]: notifications sent for a job's events ([`DeliveryRecord`]).
 //! - [`lock`]: per-job and per-target OS file locks (released when a process dies).
 //! - [`error`]: [`JournalError`], naming the database file.
 
 pub mod chunks;
 pub mod control;
+pub mod deliveries;
 pub mod error;
 pub mod jobs;
 pub mod lock;
@@ -28,6 +30,7 @@ mod tests;
 
 pub use chunks::ChunkRecord;
 pub use control::{BwlimitChange, ProgressRecord};
+pub use deliveries::{DeliveryRecord, DeliveryUpdate, NewDelivery};
 pub use error::JournalError;
 pub use jobs::{JobRecord, NewJob};
 pub use lock::{FileLock, LockError};

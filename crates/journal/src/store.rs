@@ -1,6 +1,7 @@
 //! The journal file: opening it in SQLite (WAL, `synchronous=NORMAL`), the schema and its
 //! version (`PRAGMA user_version`), the integrity check. Each kind of record adds its
-//! `impl Journal` block in a sibling file: `jobs`, `phases`, `chunks`, `control`.
+//! `impl Journal` block in a sibling file: `jobs`, `phases`, `chunks`, `control`,
+//! `deliveries`.
 
 use crate::error::JournalError;
 use rusqlite::{Connection, OpenFlags};
@@ -8,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 3 added `deliveries` (notifications); older journals are migrated on open by
+/// creating the missing tables, their rows untouched.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +71,21 @@ CREATE TABLE IF NOT EXISTS bwlimit_changes (
     applied_at    TEXT,
     PRIMARY KEY (job_id, seq)
 );
+-- No foreign key: a job's first notification (job.started) is recorded before its job
+-- row exists (the event precedes the check), and --no-journal jobs have no row at all.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id          TEXT PRIMARY KEY,
+    job_id      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL,
+    last_status INTEGER,
+    last_error  TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries(job_id);
 ";
 
 pub(crate) fn now() -> String {

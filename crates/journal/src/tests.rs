@@ -2,7 +2,7 @@
 
 use crate::chunks::tests::chunk;
 use crate::jobs::tests::job;
-use crate::{ChunkRecord, Journal};
+use crate::{ChunkRecord, DeliveryUpdate, Journal, NewDelivery, SCHEMA_VERSION};
 
 #[test]
 fn jobs_phases_and_chunks_round_trip_through_a_real_file_in_wal_mode() {
@@ -84,4 +84,154 @@ fn a_truncated_journal_fails_clearly_or_keeps_the_readable_jobs() {
             }
         }
     }
+}
+
+/// The schema as version 2 wrote it (before `deliveries`), verbatim.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    destination   TEXT NOT NULL,
+    partial       TEXT NOT NULL DEFAULT '',
+    options       TEXT NOT NULL DEFAULT '{}',
+    facts         TEXT NOT NULL DEFAULT '{}',
+    status        TEXT NOT NULL,
+    error         TEXT,
+    pid           INTEGER,
+    partial_state TEXT NOT NULL DEFAULT 'none',
+    cancel_request TEXT,
+    chunk_size    INTEGER NOT NULL DEFAULT 0,
+    total_bytes   INTEGER NOT NULL DEFAULT 0,
+    runs          INTEGER NOT NULL DEFAULT 1,
+    report        TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS phases (
+    job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    run        INTEGER NOT NULL,
+    phase      TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    duration_ms INTEGER,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    job_id  TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    idx     INTEGER NOT NULL,
+    offset  INTEGER NOT NULL,
+    len     INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL,
+    digest  BLOB NOT NULL,
+    run     INTEGER NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (
+    job_id             TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    phase              TEXT NOT NULL,
+    done_bytes         INTEGER NOT NULL,
+    total_bytes        INTEGER NOT NULL,
+    rate_bytes_per_sec INTEGER NOT NULL,
+    eta_ms             INTEGER,
+    updated_at         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bwlimit_changes (
+    job_id        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    bytes_per_sec INTEGER NOT NULL,
+    requested_at  TEXT NOT NULL,
+    applied_at    TEXT,
+    PRIMARY KEY (job_id, seq)
+);
+";
+
+#[test]
+fn a_version_2_journal_opens_migrated_to_the_current_schema_with_its_jobs_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; {SCHEMA_V2} PRAGMA user_version=2;"
+        ))
+        .unwrap();
+        c.execute(
+            "INSERT INTO jobs (id, kind, source, destination, status, created_at, updated_at)
+             VALUES ('old-1', 'offline', '/a/x.raw', '/b/x.raw', 'succeeded',
+                     '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
+            [],
+        )
+        .unwrap();
+    }
+    // Read-only (`vmshift status` of an old journal): the job reads, deliveries do not.
+    let ro = Journal::open_read_only(&path).unwrap();
+    assert_eq!(ro.job("old-1").unwrap().status, "succeeded");
+    assert!(ro.deliveries("old-1").is_err());
+    drop(ro);
+
+    let j = Journal::open(&path).unwrap();
+    let v: i64 = j
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((v, SCHEMA_VERSION), (3, 3));
+    let old = j.job("old-1").unwrap();
+    assert_eq!(
+        (old.source.as_str(), old.status.as_str()),
+        ("/a/x.raw", "succeeded")
+    );
+    j.record_delivery(&NewDelivery {
+        id: "d1".into(),
+        job_id: "old-1".into(),
+        target: "command".into(),
+        event: "job.succeeded".into(),
+    })
+    .unwrap();
+    assert_eq!(j.deliveries("old-1").unwrap()[0].state, "pending");
+    drop(j);
+    // Opening again changes nothing.
+    let j = Journal::open(&path).unwrap();
+    assert_eq!(j.deliveries("old-1").unwrap().len(), 1);
+}
+
+#[test]
+fn forgetting_a_job_forgets_its_deliveries_and_old_ones_of_unrecorded_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+    j.create_job(&job("01aa-1")).unwrap();
+    for (id, job_id) in [
+        ("d1", "01aa-1"),
+        ("d2", "no-journal-old"),
+        ("d3", "no-journal-new"),
+    ] {
+        j.record_delivery(&NewDelivery {
+            id: id.into(),
+            job_id: job_id.into(),
+            target: "chat".into(),
+            event: "job.started".into(),
+        })
+        .unwrap();
+    }
+    j.update_delivery(
+        "d2",
+        &DeliveryUpdate {
+            attempts: 1,
+            state: "delivered".into(),
+            last_status: Some(204),
+            last_error: None,
+        },
+    )
+    .unwrap();
+    j.conn
+        .execute(
+            "UPDATE deliveries SET updated_at = '2025-01-01T00:00:00.000Z' WHERE id = 'd2'",
+            [],
+        )
+        .unwrap();
+    j.delete_job("01aa-1").unwrap();
+    assert!(j.deliveries("01aa-1").unwrap().is_empty());
+    assert!(j.deliveries("no-journal-old").unwrap().is_empty());
+    assert_eq!(j.deliveries("no-journal-new").unwrap().len(), 1);
 }

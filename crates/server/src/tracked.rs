@@ -83,23 +83,6 @@ impl Tracked {
         self.lock().lines.iter().cloned().collect()
     }
 
-    /// Waits up to `timeout` until the job is recorded (its `job` event) or has ended.
-    pub fn wait_recorded(&self, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        loop {
-            {
-                let g = self.lock();
-                if g.exit_code.is_some() || g.history.iter().any(|e| e["event"] == "job") {
-                    return;
-                }
-            }
-            if Instant::now() >= until {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Waits up to `timeout` for the job to end; its exit code if it did.
     pub fn wait_for(&self, timeout: Duration) -> Option<i32> {
         let until = Instant::now() + timeout;

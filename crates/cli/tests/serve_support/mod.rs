@@ -55,8 +55,9 @@ impl Service {
     pub fn start_with(root: &Path, config: &Path, store: &Path) -> Service {
         let state = root.join("state");
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
-            .args(["serve", "--config"])
+            .arg("--config")
             .arg(config)
+            .arg("serve")
             .env("VMSHIFT_STATE_DIR", &state)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

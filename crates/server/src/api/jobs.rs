@@ -168,7 +168,7 @@ pub async fn start(
         let handle = st.runner.start(request)?;
         let t = st.tracker.track(handle, "start");
         // Answer once the journal has the job, so a GET right after the 201 finds it.
-        t.wait_recorded(RECORDED);
+        wait_recorded(&t, RECORDED);
         Ok((t.id.clone(), lines))
     })
     .await?;
@@ -183,6 +183,21 @@ pub async fn start(
         Json(body),
     )
         .into_response())
+}
+
+/// Waits up to `timeout` until the journal has the job (after its check) or it ended.
+fn wait_recorded(t: &crate::tracked::Tracked, timeout: Duration) {
+    let until = std::time::Instant::now() + timeout;
+    while t.exit_code().is_none() && std::time::Instant::now() < until {
+        let recorded = read_journal()
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.job(&t.id).is_ok());
+        if recorded {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A refused check as a 422: the plan's refusal line as the detail, the plan as `lines`.
