@@ -199,23 +199,21 @@ fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
         assert!(!detail.contains('\n'), "one line: {detail}");
     }
     // A body that is not declared JSON.
-    let r = ureq::post(&svc.url("/api/v1/jobs"))
-        .set("Authorization", &format!("Bearer {OPERATE}"))
-        .set("Content-Type", "text/plain")
-        .send_string(&good);
-    match r {
-        Err(ureq::Error::Status(415, resp)) => {
-            let v: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
-            assert!(
-                v["detail"]
-                    .as_str()
-                    .unwrap()
-                    .contains("Content-Type: application/json"),
-                "{v}"
-            );
-        }
-        other => panic!("expected 415, got {other:?}"),
-    }
+    let (s, _, v) = svc.call_as(
+        "POST",
+        "/api/v1/jobs",
+        Some(OPERATE),
+        Some(&good),
+        "text/plain",
+    );
+    assert_eq!(s, 415, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Type: application/json"),
+        "{v}"
+    );
     // Nothing was started and nothing written.
     let (s, jobs) = svc.get("/api/v1/jobs?all=true");
     assert_eq!(s, 200);
@@ -410,17 +408,10 @@ fn a_cli_job_shows_up_in_the_api_streams_from_the_journal_and_is_cancelled_from_
         std::thread::sleep(Duration::from_millis(100));
     };
     // Its events come from the journal: the job, the phases so far, progress samples.
-    let follower = {
-        let url = svc.url(&format!("/api/v1/jobs/{id}/events"));
-        std::thread::spawn(move || {
-            let resp = ureq::get(&url)
-                .set("Authorization", &format!("Bearer {OPERATE}"))
-                .timeout(Duration::from_secs(120))
-                .call()
-                .unwrap();
-            serve_support::read_all(resp.into_reader())
-        })
-    };
+    let follower = serve_support::follow(
+        svc.url(&format!("/api/v1/jobs/{id}/events")),
+        Duration::from_secs(120),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}));
     assert_eq!(s, 200, "{v}");
@@ -720,10 +711,10 @@ fn https_with_the_configured_certificate() {
     assert_eq!(v[0]["path"], p(&store.canonicalize().unwrap()));
     // Plain HTTP to the TLS port gets nothing usable.
     let plain = svc.base.replace("https://", "http://");
-    assert!(ureq::get(&format!("{plain}/healthz"))
-        .timeout(Duration::from_secs(10))
-        .call()
-        .is_err());
+    let r = serve_support::agent(Duration::from_secs(10))
+        .get(format!("{plain}/healthz"))
+        .call();
+    assert!(r.is_err(), "{r:?}");
 }
 
 #[test]

@@ -103,22 +103,39 @@ impl Service {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String, Value) {
-        let mut req = ureq::request(method, &self.url(path)).timeout(Duration::from_secs(120));
+        self.call_as(method, path, token, body, "application/json")
+    }
+
+    /// [`Service::call`] with a body of `content_type`.
+    pub fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> (u16, String, Value) {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
         if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
+            req = req.header("Authorization", format!("Bearer {t}"));
         }
-        let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let ct = resp.content_type().to_string();
-        let text = resp.into_string().unwrap();
+        if body.is_some() {
+            req = req.header("Content-Type", content_type);
+        }
+        let req = req.body(body.unwrap_or("").to_string()).unwrap();
+        let mut resp = agent(Duration::from_secs(120))
+            .run(req)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.body_mut().read_to_string().unwrap();
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, ct, v)
     }
@@ -135,23 +152,26 @@ impl Service {
 
     /// The raw text of `GET path` (metrics).
     pub fn text(&self, path: &str) -> String {
-        ureq::get(&self.url(path))
+        agent(Duration::from_secs(60))
+            .get(self.url(path))
             .call()
             .unwrap()
-            .into_string()
+            .body_mut()
+            .read_to_string()
             .unwrap()
     }
 
     /// Reads the job's SSE stream to its end (or `timeout`): the event objects in order.
     pub fn events(&self, id: &str, timeout: Duration) -> Vec<Value> {
-        let resp = ureq::get(&self.url(&format!("/api/v1/jobs/{id}/events")))
-            .set("Authorization", &format!("Bearer {OPERATE}"))
-            .timeout(timeout)
+        let resp = agent(timeout)
+            .get(self.url(&format!("/api/v1/jobs/{id}/events")))
+            .header("Authorization", format!("Bearer {OPERATE}"))
             .call()
             .unwrap();
-        assert_eq!(resp.content_type(), "text/event-stream");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
         let mut out = Vec::new();
-        let mut reader = BufReader::new(resp.into_reader());
+        let mut reader = BufReader::new(resp.into_body().into_reader());
         let mut line = String::new();
         loop {
             line.clear();
@@ -217,7 +237,28 @@ fn unsafe_kill(pid: u32, sig: i32) {
     }
 }
 
-/// Reads a whole file into a string (for the body-size test).
+/// An HTTP client that returns 4xx/5xx responses rather than errors, with a deadline.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .new_agent()
+}
+
+/// Follows the job's event stream in a thread: its whole text once it ends.
+pub fn follow(url: String, timeout: Duration) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let resp = agent(timeout)
+            .get(url)
+            .header("Authorization", format!("Bearer {OPERATE}"))
+            .call()
+            .unwrap();
+        read_all(resp.into_body().into_reader())
+    })
+}
+
+/// Reads a whole stream into a string.
 pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     r.read_to_string(&mut s).unwrap();
