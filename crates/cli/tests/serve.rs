@@ -753,4 +753,17 @@ fn jobs_the_service_runs_notify_the_configured_webhook() {
     assert_eq!(got[1]["job_id"], id.as_str());
     assert_eq!(got[1]["summary"]["bytes_copied"], 8 * M);
     assert!(hook.requests()[1].headers["x-vmshift-signature"].starts_with("sha256="));
+    // Each delivery is in the journal and the job's view.
+    let job = svc.wait_job(&id, 30, |v| {
+        v["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.len() == 2 && d.iter().all(|x| x["state"] == "delivered"))
+    });
+    let events: Vec<&str> = job["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["job.started", "job.succeeded"], "{job}");
 }

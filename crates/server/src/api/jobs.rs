@@ -110,8 +110,8 @@ pub async fn list(
     .await
 }
 
-/// One job: its journal record, phases, report (JSON, Markdown and HTML) and, for jobs this
-/// service runs, throughput samples and lines for people.
+/// One job: its journal record, phases, notification deliveries, report (JSON, Markdown and
+/// HTML) and, for jobs this service runs, throughput samples and lines for people.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path, description = "Job id or a unique prefix")),
     responses((status = 200, description = "The job", body = Object), (status = 404, body = Problem)),
     security(("bearer" = [])))]
@@ -125,6 +125,7 @@ pub async fn show(
         let job = j.job(&id).map_err(vmshift_runner::RunnerError::from)?;
         let mut v = job_json(&job, &j);
         v["phases"] = json!(j.phases(&job.id).unwrap_or_default());
+        v["deliveries"] = json!(j.deliveries(&job.id).unwrap_or_default());
         v["options"] = job.options.clone();
         v["links"] = links(&job.id);
         if let Some(path) = job.report.as_deref().map(std::path::Path::new) {
