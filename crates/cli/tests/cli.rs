@@ -461,3 +461,58 @@ fn progress_totals_match_the_report_and_a_verification_done_during_the_copy_show
         assert!(e["eta_ms"].is_null(), "{e}");
     }
 }
+
+#[test]
+fn scattered_small_writes_count_the_same_bytes_in_the_plan_progress_journal_and_report() {
+    // 51 writes of 8 KiB, 7 MiB apart, in a 2 GiB qcow2: each lands in its own 1 MiB copy
+    // chunk, so counting chunks would give 51 MiB where the data is 51 clusters.
+    let ws = Ws::new();
+    let img = ws.path("scattered.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&img), "2G"]);
+    let writes: Vec<String> = (0..51)
+        .map(|i| format!("write -P 1 {}M 8k", i * 7))
+        .collect();
+    let cmds: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io("qcow2", &img, &cmds);
+    let b = ws.mkdir("b");
+    let out = ws
+        .vmshift()
+        .args(["check", p(&img), "--to", p(&b), "--json"])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let to_copy = plan["plan"]["bytes_to_copy"].as_u64().unwrap();
+    assert_eq!(to_copy, 51 * 65536, "51 qcow2 clusters of data: {plan}");
+
+    let (code, report, out) = ws.migrate(&img, &b, &[]);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    let last_copy = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "progress" && e["phase"] == "copy")
+        .last()
+        .expect("copy progress");
+    assert_eq!(
+        last_copy["total_bytes"].as_u64(),
+        Some(to_copy),
+        "{last_copy}"
+    );
+    assert_eq!(
+        last_copy["done_bytes"].as_u64(),
+        Some(to_copy),
+        "{last_copy}"
+    );
+    assert_eq!(report["bytes_copied"].as_u64(), Some(to_copy), "{report}");
+    let jobs = ws.vmshift().args(["jobs", "--json"]).output().unwrap();
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    assert_eq!(
+        jobs[0]["progress"]["total_bytes"].as_u64(),
+        Some(to_copy),
+        "{jobs}"
+    );
+    assert_eq!(
+        jobs[0]["progress"]["done_bytes"].as_u64(),
+        Some(to_copy),
+        "{jobs}"
+    );
+}

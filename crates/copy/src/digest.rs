@@ -160,24 +160,22 @@ pub fn digest_image_with(
         .extents(0, size, false)
         .map_err(|e| CopyError::read(0, e))?;
     let units = plan_units(&extents, chunk, false);
-    let pass: u64 = units
-        .iter()
-        .map(|u| match u {
-            Unit::Chunk(i) => chunk.min(size - i * chunk),
-            Unit::Zero { .. } => 0,
-        })
-        .sum();
-    counters.start_pass(pass);
+    counters.start_pass(crate::plan::data_bytes(&extents, &units, chunk, size));
     let digest = SparseDigest::new(size);
     let read = for_each_unit(&units, threads, chunk, size, cancel, |unit, buf| {
         let Unit::Chunk(idx) = unit else {
             return Ok(());
         };
         let start = idx * chunk;
-        fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
+        let pieces = fill_pieces(&extents, start, buf, |dst, off| fast.read_at(dst, off))?;
         digest.add(start, buf);
         fast.done_reading(start, buf.len() as u64);
-        counters.add_done(buf.len() as u64);
+        let data: u64 = pieces
+            .iter()
+            .filter(|p| p.kind == vmshift_core::extent::ExtentKind::Data)
+            .map(|p| p.len)
+            .sum();
+        counters.add_done(data);
         Ok(())
     });
     fast.release_all();

@@ -56,7 +56,7 @@ pub struct CopyStats {
     pub bytes_copied: u64,
     /// Bytes skipped (holes, zero clusters, zero blocks found in data).
     pub bytes_skipped_zero: u64,
-    /// Guest bytes processed in data chunks.
+    /// Guest bytes processed: the data (per block status) in the data chunks copied.
     pub bytes_processed: u64,
     /// Wall time.
     pub elapsed: Duration,
@@ -75,6 +75,8 @@ pub struct ChunkDone {
     pub len: u64,
     /// Bytes written as data in this chunk (zeroes excluded).
     pub bytes: u64,
+    /// Guest bytes of the chunk that block status reports as data (what progress counts).
+    pub data: u64,
     /// [`crate::digest::chunk_digest`] of the chunk's guest bytes.
     pub digest: [u8; 32],
 }
@@ -145,8 +147,8 @@ pub fn copy_image_with(
     let size = source.virtual_size();
     let need_zero_writes = !opts.target_is_zero;
     let units = plan_units(extents, opts.chunk, need_zero_writes);
-    let (work, chunk_bytes) = pass_work(&units, hooks.skip, opts.chunk, size);
-    counters.start_pass(chunk_bytes);
+    let (work, data_bytes) = pass_work(extents, &units, hooks.skip, opts.chunk, size);
+    counters.start_pass(data_bytes);
     let run = ChunkCopy {
         extents,
         target,
@@ -191,15 +193,16 @@ pub fn copy_image_with(
     Ok(CopyStats {
         bytes_copied: counters.copied.load(Ordering::Relaxed),
         bytes_skipped_zero: counters.skipped.load(Ordering::Relaxed),
-        bytes_processed: chunk_bytes,
+        bytes_processed: data_bytes,
         elapsed: started.elapsed(),
         source_digest: run.digest,
     })
 }
 
-/// This pass's work: `units` less the data chunks in `skip`, and the guest bytes of the data
-/// chunks left (what the progress bar counts to).
+/// This pass's work: `units` less the data chunks in `skip`, and the data (per block status)
+/// in the data chunks left: what the progress bar counts to, as the plan's "to copy" does.
 fn pass_work(
+    extents: &[Extent],
     units: &[Unit],
     skip: Option<&std::collections::HashSet<u64>>,
     chunk: u64,
@@ -213,14 +216,8 @@ fn pass_work(
             .collect(),
         None => units.to_vec(),
     };
-    let chunk_bytes = work
-        .iter()
-        .map(|u| match u {
-            Unit::Chunk(i) => chunk.min(size - i * chunk),
-            Unit::Zero { .. } => 0,
-        })
-        .sum();
-    (work, chunk_bytes)
+    let data = crate::plan::data_bytes(extents, &work, chunk, size);
+    (work, data)
 }
 
 /// Bytes of the zero extents that lie outside every data chunk of `units`: the end-of-copy
@@ -299,10 +296,11 @@ impl ChunkCopy<'_, '_> {
                 offset: start,
                 len,
                 bytes: written,
+                data: data_read,
                 digest: chunk_digest_of(&blocks, len),
             })?;
         }
-        self.counters.add_done(len);
+        self.counters.add_done(data_read);
         Ok(())
     }
 

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Progress counters shared with whoever draws the progress bar. All values are bytes.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Guest bytes the current pass must process (data chunks).
+    /// Guest bytes the current pass must process: the data (per block status) in its data
+    /// chunks, the unit of the plan's "to copy".
     pub total: AtomicU64,
-    /// Guest bytes processed so far in the current pass.
+    /// Of those, the bytes processed so far in the current pass.
     pub done: AtomicU64,
     /// Bytes written to the target as data.
     pub copied: AtomicU64,

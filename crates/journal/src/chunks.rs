@@ -16,6 +16,9 @@ pub struct ChunkRecord {
     pub len: u64,
     /// Bytes written as data (zeroes excluded).
     pub bytes: u64,
+    /// Guest bytes of the chunk that block status reported as data: what progress counts
+    /// (chunks recorded by a build before schema 4 count their whole `len`).
+    pub data: u64,
     /// Content digest of the chunk's guest bytes (`vmshift_copy::digest::chunk_digest`).
     pub digest: [u8; 32],
     /// The run that copied it.
@@ -35,8 +38,8 @@ impl Journal {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO chunks (job_id, idx, offset, len, bytes, digest, run)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO chunks (job_id, idx, offset, len, bytes, digest, run, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(e)?;
             for c in chunks {
@@ -47,7 +50,8 @@ impl Journal {
                     to_i64(c.len),
                     to_i64(c.bytes),
                     &c.digest[..],
-                    c.run
+                    c.run,
+                    to_i64(c.data)
                 ])
                 .map_err(e)?;
             }
@@ -65,12 +69,17 @@ impl Journal {
     /// # Errors
     /// [`JournalError`] on a database error.
     pub fn chunks(&self, id: &str) -> Result<Vec<ChunkRecord>, JournalError> {
+        let data = if self.chunk_data {
+            "COALESCE(data, len)"
+        } else {
+            "len"
+        };
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT idx, offset, len, bytes, digest, run FROM chunks WHERE job_id = ?1
-                 ORDER BY idx",
-            )
+            .prepare(&format!(
+                "SELECT idx, offset, len, bytes, digest, run, {data} FROM chunks WHERE job_id = ?1
+                 ORDER BY idx"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![id], |r| {
@@ -86,6 +95,7 @@ impl Journal {
                     bytes: to_u64(r.get(3)?),
                     digest,
                     run: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                    data: to_u64(r.get(6)?),
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -114,6 +124,7 @@ pub(crate) mod tests {
             offset: index * (8 << 20),
             len: 8 << 20,
             bytes: 4 << 20,
+            data: 6 << 20,
             digest: [u8::try_from(index % 256).unwrap(); 32],
             run,
         }

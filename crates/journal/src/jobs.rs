@@ -58,9 +58,9 @@ pub struct JobRecord {
     pub cancel_request: Option<String>,
     /// Copy chunk size in bytes.
     pub chunk_size: u64,
-    /// Guest bytes the copy must process.
+    /// Guest bytes the copy must process: the data (per block status) it copies.
     pub total_bytes: u64,
-    /// Guest bytes of chunks recorded durable (sum of chunk lengths).
+    /// Of those, the bytes in chunks recorded durable.
     pub done_bytes: u64,
     /// How many runs (first run plus resumes) started.
     pub runs: u32,
@@ -137,11 +137,21 @@ impl Journal {
         }
     }
 
-    const JOB_COLUMNS: &'static str = "j.id, j.kind, j.source, j.destination, j.partial,
+    /// The columns of a [`JobRecord`]; `done_bytes` sums the recorded chunks' data.
+    fn job_columns(&self) -> String {
+        let data = if self.chunk_data {
+            "COALESCE(c.data, c.len)"
+        } else {
+            "c.len"
+        };
+        format!(
+            "j.id, j.kind, j.source, j.destination, j.partial,
         j.options, j.facts, j.status, j.error, j.pid, j.partial_state, j.cancel_request,
         j.chunk_size, j.total_bytes,
-        (SELECT COALESCE(SUM(c.len), 0) FROM chunks c WHERE c.job_id = j.id),
-        j.runs, j.report, j.created_at, j.updated_at";
+        (SELECT COALESCE(SUM({data}), 0) FROM chunks c WHERE c.job_id = j.id),
+        j.runs, j.report, j.created_at, j.updated_at"
+        )
+    }
 
     fn job_from_row(path: &Path, r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, JournalError>> {
         let id: String = r.get(0)?;
@@ -188,7 +198,7 @@ impl Journal {
     /// As [`Journal::resolve`], or [`JournalError::BadRecord`].
     pub fn job(&self, id_or_prefix: &str) -> Result<JobRecord, JournalError> {
         let id = self.resolve(id_or_prefix)?;
-        let sql = format!("SELECT {} FROM jobs j WHERE j.id = ?1", Self::JOB_COLUMNS);
+        let sql = format!("SELECT {} FROM jobs j WHERE j.id = ?1", self.job_columns());
         self.conn
             .query_row(&sql, params![id], |r| Self::job_from_row(&self.path, r))
             .map_err(|e| self.err(e))?

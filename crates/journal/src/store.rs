@@ -11,7 +11,7 @@ use std::time::Duration;
 /// The schema version this build writes and reads (`PRAGMA user_version`).
 /// Version 3 added `deliveries` (notifications); older journals are migrated on open by
 /// creating the missing tables, their rows untouched.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     bytes   INTEGER NOT NULL,
     digest  BLOB NOT NULL,
     run     INTEGER NOT NULL,
+    data    INTEGER,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (
@@ -105,6 +106,9 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 pub struct Journal {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
+    /// The chunks table has the `data` column (schema 4; a journal of an older build
+    /// opened read-only has not).
+    pub(crate) chunk_data: bool,
 }
 
 impl Journal {
@@ -135,11 +139,13 @@ impl Journal {
         // target does not hold; a process crash loses nothing (the WAL is in the page cache).
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
             .map_err(e)?;
-        let j = Journal {
+        let mut j = Journal {
             conn,
             path: path.to_path_buf(),
+            chunk_data: true,
         };
         j.migrate()?;
+        j.chunk_data = j.has_chunk_data()?;
         Ok(j)
     }
 
@@ -155,9 +161,10 @@ impl Journal {
         )
         .map_err(e)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(e)?;
-        let j = Journal {
+        let mut j = Journal {
             conn,
             path: path.to_path_buf(),
+            chunk_data: true,
         };
         let v = j.user_version()?;
         if v > SCHEMA_VERSION {
@@ -167,7 +174,25 @@ impl Journal {
                 supported: SCHEMA_VERSION,
             });
         }
+        j.chunk_data = j.has_chunk_data()?;
         Ok(j)
+    }
+
+    /// Whether the chunks table has the `data` column.
+    fn has_chunk_data(&self) -> Result<bool, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('chunks')")
+            .map_err(|e| self.err(e))?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        for n in names {
+            if n.map_err(|e| self.err(e))? == "data" {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The database file.
@@ -195,9 +220,16 @@ impl Journal {
             });
         }
         if v < SCHEMA_VERSION {
+            // Schema 4 adds chunks.data; rows from older runs keep NULL there (their chunk
+            // length stands in for it).
+            let add_data = if v > 0 && !self.has_chunk_data()? {
+                "ALTER TABLE chunks ADD COLUMN data INTEGER;"
+            } else {
+                ""
+            };
             self.conn
                 .execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN IMMEDIATE; {SCHEMA} {add_data} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(|e| self.err(e))?;
         }

@@ -29,7 +29,8 @@ fn jobs_phases_and_chunks_round_trip_through_a_real_file_in_wal_mode() {
     assert_eq!(r.status, "failed");
     assert_eq!(r.error.as_deref(), Some("boom"));
     assert_eq!(r.partial_state, "kept");
-    assert_eq!(r.done_bytes, 3 * (8 << 20));
+    // Durable progress counts the chunks' data, not their whole length.
+    assert_eq!(r.done_bytes, 3 * (6 << 20));
     assert_eq!(r.options["format"], "raw");
     assert_eq!(r.pid, Some(std::process::id()));
     let c = j.chunks("01aa-1").unwrap();
@@ -148,7 +149,7 @@ CREATE TABLE IF NOT EXISTS bwlimit_changes (
 ";
 
 #[test]
-fn a_version_2_journal_opens_migrated_to_the_current_schema_with_its_jobs_kept() {
+fn a_version_2_journal_opens_migrated_to_the_current_schema_with_its_jobs_and_chunks_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.sqlite");
     {
@@ -164,10 +165,19 @@ fn a_version_2_journal_opens_migrated_to_the_current_schema_with_its_jobs_kept()
             [],
         )
         .unwrap();
+        // A chunk of an older build: no `data` column, its length stands in.
+        c.execute(
+            "INSERT INTO chunks (job_id, idx, offset, len, bytes, digest, run)
+             VALUES ('old-1', 0, 0, 1048576, 4096, x'00', 1)",
+            [],
+        )
+        .unwrap();
     }
     // Read-only (`vmshift status` of an old journal): the job reads, deliveries do not.
     let ro = Journal::open_read_only(&path).unwrap();
     assert_eq!(ro.job("old-1").unwrap().status, "succeeded");
+    assert_eq!(ro.job("old-1").unwrap().done_bytes, 1 << 20);
+    assert_eq!(ro.chunks("old-1").unwrap()[0].data, 1 << 20);
     assert!(ro.deliveries("old-1").is_err());
     drop(ro);
 
@@ -176,7 +186,9 @@ fn a_version_2_journal_opens_migrated_to_the_current_schema_with_its_jobs_kept()
         .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!((v, SCHEMA_VERSION), (3, 3));
+    assert_eq!((v, SCHEMA_VERSION), (4, 4));
+    assert_eq!(j.job("old-1").unwrap().done_bytes, 1 << 20);
+    assert_eq!(j.chunks("old-1").unwrap()[0].data, 1 << 20);
     let old = j.job("old-1").unwrap();
     assert_eq!(
         (old.source.as_str(), old.status.as_str()),

@@ -82,6 +82,7 @@ impl<'a> Checkpointer<'a> {
             offset: c.offset,
             len: c.len,
             bytes: c.bytes,
+            data: c.data,
             digest: c.digest,
             run: self.link.run,
         });

@@ -393,13 +393,8 @@ impl Run<'_> {
 
 /// Guest bytes of all data chunks, reused ones included: the job's progress total.
 fn progress_total(extents: &[vmshift_core::Extent], chunk: u64, size: u64) -> u64 {
-    vmshift_copy::plan::plan_units(extents, chunk, false)
-        .iter()
-        .filter_map(|u| match u {
-            vmshift_copy::plan::Unit::Chunk(i) => Some(chunk.min(size - i * chunk)),
-            vmshift_copy::plan::Unit::Zero { .. } => None,
-        })
-        .sum()
+    let units = vmshift_copy::plan::plan_units(extents, chunk, false);
+    vmshift_copy::plan::data_bytes(extents, &units, chunk, size)
 }
 
 /// What the failure message adds about the partial target and what to do next.

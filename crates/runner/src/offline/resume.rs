@@ -336,6 +336,7 @@ mod tests {
             offset: i << 23,
             len: 1 << 23,
             bytes: 1,
+            data: 1,
             digest: [0; 32],
             run: 1,
         }
