@@ -489,8 +489,7 @@ fn scattered_small_writes_count_the_same_bytes_in_the_plan_progress_journal_and_
     let last_copy = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "progress" && e["phase"] == "copy")
-        .last()
+        .rfind(|e| e["event"] == "progress" && e["phase"] == "copy")
         .expect("copy progress");
     assert_eq!(
         last_copy["total_bytes"].as_u64(),
