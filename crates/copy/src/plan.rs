@@ -92,6 +92,28 @@ pub fn clip(extents: &[Extent], start: u64, end: u64) -> Vec<Extent> {
         .collect()
 }
 
+/// Guest bytes that block status reports as data (`ExtentKind::Data`) inside the data
+/// chunks of `units`: what a pass's progress counts to, the unit of the plan's "to copy".
+pub fn data_bytes(extents: &[Extent], units: &[Unit], chunk: u64, size: u64) -> u64 {
+    units
+        .iter()
+        .map(|u| match u {
+            Unit::Chunk(i) => chunk_data_bytes(extents, *i, chunk, size),
+            Unit::Zero { .. } => 0,
+        })
+        .sum()
+}
+
+/// Guest bytes reported as data inside data chunk `idx`.
+pub fn chunk_data_bytes(extents: &[Extent], idx: u64, chunk: u64, size: u64) -> u64 {
+    let start = idx * chunk;
+    clip(extents, start, (start + chunk).min(size))
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Data)
+        .map(|e| e.len)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,26 +184,4 @@ mod tests {
             vec![ext(5, 5, ExtentKind::Data), ext(10, 5, ExtentKind::Zero)]
         );
     }
-}
-
-/// Guest bytes that block status reports as data (`ExtentKind::Data`) inside the data
-/// chunks of `units`: what a pass's progress counts to, the unit of the plan's "to copy".
-pub fn data_bytes(extents: &[Extent], units: &[Unit], chunk: u64, size: u64) -> u64 {
-    units
-        .iter()
-        .map(|u| match u {
-            Unit::Chunk(i) => chunk_data_bytes(extents, *i, chunk, size),
-            Unit::Zero { .. } => 0,
-        })
-        .sum()
-}
-
-/// Guest bytes reported as data inside data chunk `idx`.
-pub fn chunk_data_bytes(extents: &[Extent], idx: u64, chunk: u64, size: u64) -> u64 {
-    let start = idx * chunk;
-    clip(extents, start, (start + chunk).min(size))
-        .iter()
-        .filter(|e| e.kind == ExtentKind::Data)
-        .map(|e| e.len)
-        .sum()
 }
