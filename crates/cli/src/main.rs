@@ -3,6 +3,7 @@
 //! to exit codes (0 succeeded, 1 failed after starting, 2 refused or bad usage).
 
 mod cli;
+mod docs;
 mod info;
 mod jobs;
 mod render;
@@ -105,6 +106,8 @@ fn run(command: &Command) -> anyhow::Result<i32> {
         Command::Cancel { job, keep_partial } => follow(runner.cancel(job, *keep_partial), false),
         Command::Set { job, bwlimit, json } => follow(runner.set_bwlimit(job, *bwlimit), *json),
         Command::Rollback { job, json, bwlimit } => follow(runner.rollback(job, *bwlimit), *json),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { dir } => docs::man(dir),
     }
 }
 
