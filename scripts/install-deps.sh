@@ -14,9 +14,12 @@ have_qemu_pair || need+=(qemu)
 for bin in mkfs.ext4:e2fsprogs busybox:busybox-static cpio:cpio nbdkit:nbdkit nbdcopy:libnbd-bin \
            python3:python3 zstd:zstd xz:xz-utils gzip:gzip gcc:gcc strings:binutils \
            dpkg-deb:dpkg fio:fio openssl:openssl pkg-config:pkg-config \
-           libvirtd:libvirt-daemon-system virsh:libvirt-clients; do
+           libvirtd:libvirt-daemon-system virsh:libvirt-clients \
+           dpkg-shlibdeps:dpkg-dev man:man-db systemd-analyze:systemd; do
   command -v "${bin%%:*}" >/dev/null || need+=("${bin#*:}")
 done
+# scripts/build-deb.sh: dpkg-shlibdeps finds the package's library dependencies; the packaging
+# tests read the installed man pages (man-db) and check the unit (systemd-analyze verify).
 # scripts/bench.sh measures peak RSS with GNU time (`time` alone is the shell keyword)
 [ -x /usr/bin/time ] || need+=(time)
 # the test guest's stamper is linked statically (scripts/build-guest.sh)

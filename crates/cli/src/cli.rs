@@ -189,6 +189,25 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: save it as /usr/share/bash-completion/completions/vmshift (or source it from
+    /// ~/.bashrc); zsh: as _vmshift in a directory of $fpath; fish: as
+    /// ~/.config/fish/completions/vmshift.fish. The Debian package installs all three.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: crate::docs::CompletionShell,
+    },
+    /// Write man pages into a directory: vmshift.1 and one per subcommand (vmshift-migrate.1, ...).
+    ///
+    /// The directory is created if missing; pages of the same names are replaced. Prints the
+    /// path of each page written.
+    Man {
+        /// Directory to write the pages into (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `vmshift jobs` subcommands.

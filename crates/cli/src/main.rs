@@ -3,6 +3,7 @@
 //! to exit codes (0 succeeded, 1 failed after starting, 2 refused or bad usage).
 
 mod cli;
+mod docs;
 mod info;
 mod jobs;
 mod notify;
@@ -121,6 +122,8 @@ fn run(
         Command::Set { job, bwlimit, json } => follow(runner.set_bwlimit(job, *bwlimit), *json),
         Command::Rollback { job, json, bwlimit } => follow(runner.rollback(job, *bwlimit), *json),
         Command::Serve { listen } => serve(listen.clone(), config),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { dir } => docs::man(dir),
     }
 }
 
