@@ -24,7 +24,10 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMSHIFT_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll); an offline job
     // keeps its journaled partial target for `vmshift resume`.
     let _ = ctrlc::set_handler(render::interrupt_all);
@@ -196,6 +199,51 @@ fn check(runner: &Runner, args: &MigrateArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(if go { 0 } else { 2 })
+}
+
+/// A command line clap refused, said in one line (help and version print as clap has
+/// them). Exits 2 (0 for help and version).
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!(
+        "vmshift: error: {}",
+        one_line_usage(&e.render().to_string())
+    );
+    std::process::exit(2);
+}
+
+/// clap's multi-line error text as one line: the message (with any list it names), its
+/// tip, the usage line, and where help is.
+fn one_line_usage(text: &str) -> String {
+    let mut msg = String::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+        } else if line.starts_with("For more information") {
+        } else if let Some(m) = line.strip_prefix("error: ") {
+            msg.push_str(m);
+        } else if let Some(t) = line.strip_prefix("tip: ") {
+            msg.push_str(&format!(" ({t})"));
+        } else {
+            // The arguments a "not provided" error lists, one per line.
+            let sep = if msg.ends_with(':') { " " } else { ", " };
+            msg.push_str(sep);
+            msg.push_str(line);
+        }
+    }
+    match usage {
+        Some(u) => format!("{msg}; usage: {u} (see --help)"),
+        None => format!("{msg} (see --help)"),
+    }
 }
 
 /// The error and those of its causes its message does not already say, in one line.

@@ -151,3 +151,35 @@ fn a_libvirt_domain_monitor_is_refused_as_libvirt_managed() {
     assert!(err.contains("libvirt-managed VM"), "{err}");
     assert!(err.contains("vmshift migrate --domain"), "{err}");
 }
+
+#[test]
+fn command_line_mistakes_are_one_line_with_the_usage_and_exit_2() {
+    let ws = Ws::new();
+    for (args, says) in [
+        (
+            &["migrate", "--foo"][..],
+            "unexpected argument '--foo' found",
+        ),
+        (
+            &["migrate"][..],
+            "required arguments were not provided: --to <TO>, <SOURCE>",
+        ),
+        (
+            &["migrate", "a", "--to", "b", "--bwlimit", "xx"][..],
+            "invalid size \"xx\"",
+        ),
+        (&["frob"][..], "unrecognized subcommand 'frob'"),
+    ] {
+        let out = ws.vmshift().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("vmshift: error: "), "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{err}");
+    }
+    // Help and version still print as they are.
+    let out = ws.vmshift().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: vmshift"));
+}

@@ -383,12 +383,13 @@ impl Report {
         }
     }
 
-    /// Notes, warnings and references to update, each list only when not empty.
+    /// Notes, warnings and references (what vmshift changed, as "definition of DOMAIN: …",
+    /// or what is left to change by hand), each list only when not empty.
     fn write_lists(&self, md: &mut String) {
         for (title, items) in [
             ("Notes", &self.notes),
             ("Warnings", &self.warnings),
-            ("References to update", &self.references),
+            ("References", &self.references),
         ] {
             if !items.is_empty() {
                 let _ = writeln!(md, "\n## {title}\n");
