@@ -51,16 +51,6 @@ fn slow_migrate(ws: &Ws, src: &Path, dst: &Path) -> (Child, String) {
     (child, id)
 }
 
-fn status(ws: &Ws, id: &str) -> Value {
-    let out = ws
-        .vmshift()
-        .args(["status", id, "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn source(ws: &Ws) -> std::path::PathBuf {
     let src = ws.path("web01.raw");
     std::fs::write(&src, random_bytes(usize::try_from(32 * M).unwrap(), 5)).unwrap();
@@ -75,7 +65,7 @@ fn a_running_job_refuses_a_second_resume_and_a_second_job_on_its_target_naming_t
     let (mut child, id) = slow_migrate(&ws, &src, &dst);
     let pid = child.id().to_string();
 
-    let st = status(&ws, &id);
+    let st = ws.status(&id);
     assert_eq!(st["status"], "running");
     assert_eq!(st["pid"].as_u64().unwrap().to_string(), pid);
 
@@ -94,7 +84,7 @@ fn a_running_job_refuses_a_second_resume_and_a_second_job_on_its_target_naming_t
     let _ = child.kill();
     child.wait().unwrap();
     // Once the holder is dead its lock is gone: the job shows as interrupted.
-    assert_eq!(status(&ws, &id)["status"], "interrupted");
+    assert_eq!(ws.status(&id)["status"], "interrupted");
 }
 
 #[test]
@@ -107,7 +97,7 @@ fn cancel_from_another_process_stops_the_job_and_removes_or_keeps_the_partial() 
     let out = ws.vmshift().args(["cancel", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(child.wait().unwrap().code(), Some(1));
-    let st = status(&ws, &id);
+    let st = ws.status(&id);
     assert_eq!(st["status"], "cancelled");
     assert_eq!(st["partial_state"], "removed");
     assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
@@ -121,7 +111,7 @@ fn cancel_from_another_process_stops_the_job_and_removes_or_keeps_the_partial() 
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     child.wait().unwrap();
-    let st = status(&ws, &id2);
+    let st = ws.status(&id2);
     assert_eq!(st["status"], "cancelled");
     assert_eq!(st["partial_state"], "kept");
     assert!(st["progress"]["done_bytes"].as_u64().unwrap() > 0);
@@ -170,7 +160,7 @@ fn rollback_deletes_the_target_marks_the_job_and_names_the_references() {
         .contains(&format!("back at {}", p(&src))));
     assert!(!target.exists());
     assert_eq!(std::fs::read(&src).unwrap(), before);
-    assert_eq!(status(&ws, &id)["status"], "rolled_back");
+    assert_eq!(ws.status(&id)["status"], "rolled_back");
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(ws.path(&format!("state/reports/{id}.json"))).unwrap(),
     )
@@ -217,7 +207,7 @@ fn jobs_and_status_list_what_happened() {
         t.contains(id) && t.contains("succeeded") && t.contains("100%"),
         "{t}"
     );
-    let st = status(&ws, id);
+    let st = ws.status(id);
     let phases: Vec<&str> = st["phases"]
         .as_array()
         .unwrap()
@@ -263,7 +253,7 @@ fn interrupted(ws: &Ws, src: &Path, dst: &Path) -> String {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(status(ws, &id)["status"], "interrupted");
+    assert_eq!(ws.status(&id)["status"], "interrupted");
     id
 }
 
@@ -289,7 +279,7 @@ fn resume_refuses_a_changed_source_and_cancel_closes_an_interrupted_job() {
     // Nobody runs it: cancel closes it and removes the partial target.
     let out = ws.vmshift().args(["cancel", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let st = status(&ws, &id);
+    let st = ws.status(&id);
     assert_eq!(st["status"], "cancelled");
     assert_eq!(st["partial_state"], "removed");
     assert!(listing(&dst).is_empty());

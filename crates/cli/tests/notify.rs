@@ -71,16 +71,6 @@ fn migrate_with(
     )
 }
 
-fn status_json(ws: &Ws, id: &str) -> Value {
-    let out = ws
-        .vmshift()
-        .args(["status", id, "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn a_webhook_gets_started_phases_and_succeeded_in_order_each_signed_and_status_shows_them_delivered(
 ) {
@@ -155,7 +145,7 @@ fn a_webhook_gets_started_phases_and_succeeded_in_order_each_signed_and_status_s
     assert_eq!(s["destination"], report["destination"]["path"]);
     assert!(s["error"].is_null());
 
-    let st = status_json(&ws, id);
+    let st = ws.status(id);
     let d = st["deliveries"].as_array().unwrap();
     assert_eq!(d.len(), reqs.len());
     for x in d {
@@ -195,7 +185,7 @@ fn a_webhook_answering_500_twice_is_delivered_on_the_third_attempt() {
         );
     }
     assert_eq!(reqs.last().unwrap().json()["event"], "job.succeeded");
-    let st = status_json(&ws, report["job_id"].as_str().unwrap());
+    let st = ws.status(report["job_id"].as_str().unwrap());
     let d = st["deliveries"].as_array().unwrap();
     assert_eq!(d[0]["event"], "job.started");
     assert_eq!(d[0]["state"], "delivered");
@@ -229,7 +219,7 @@ fn a_webhook_that_never_answers_holds_neither_the_job_nor_the_cli_and_is_recorde
         err.contains("vmshift: warning: notification chat: job.succeeded"),
         "{err}"
     );
-    let st = status_json(&ws, report["job_id"].as_str().unwrap());
+    let st = ws.status(report["job_id"].as_str().unwrap());
     let d = st["deliveries"].as_array().unwrap();
     assert!(d.iter().any(|x| x["event"] == "job.succeeded"), "{d:?}");
     for x in d {
@@ -276,7 +266,7 @@ fn the_notify_command_gets_the_succeeded_json_on_stdin() {
     assert_eq!(v["summary"]["status"], "succeeded");
     assert_eq!(v["summary"]["bytes_copied"], report["bytes_copied"]);
     assert_eq!(v["data"]["report"], report);
-    let st = status_json(&ws, report["job_id"].as_str().unwrap());
+    let st = ws.status(report["job_id"].as_str().unwrap());
     let d = st["deliveries"].as_array().unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0]["target"], "command");

@@ -42,6 +42,17 @@ impl Ws {
         c
     }
 
+    /// `vmshift status ID --json`, which must succeed.
+    pub fn status(&self, id: &str) -> Value {
+        let out = self
+            .vmshift()
+            .args(["status", id, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Runs `vmshift migrate SRC --to DST EXTRA... --json` and returns (exit code, report).
     pub fn migrate(&self, src: &Path, dst: &Path, extra: &[&str]) -> (i32, Value, Output) {
         let out = self
