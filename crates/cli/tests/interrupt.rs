@@ -25,7 +25,7 @@ fn ctrl_c_keeps_the_partial_and_resume_with_its_own_bwlimit_finishes_it() {
         let out = job.finish();
         assert_eq!(out.status.code(), Some(1), "{sig:?}: {}", stderr(&out));
         let report = last_report(&out);
-        assert_eq!(report["status"], "cancelled", "{report}");
+        assert_eq!(report["status"], "interrupted", "{report}");
         let err = stderr(&out);
         assert!(err.contains("interrupted: Ctrl-C or SIGTERM"), "{err}");
         assert!(err.contains("`vmshift resume"), "{err}");
@@ -64,4 +64,57 @@ fn cancel_still_removes_the_partial_of_a_running_job() {
     assert_eq!(last_report(&out)["status"], "cancelled");
     assert!(!dst.join("web01.raw.vmshift-partial").exists());
     assert_eq!(listing(&dst), Vec::<String>::new());
+}
+
+#[test]
+fn an_interrupted_or_kept_partial_is_discarded_by_cancel_as_the_hint_says() {
+    let ws = Ws::new();
+    let src = ws.path("web01.raw");
+    std::fs::write(&src, random_bytes(usize::try_from(48 * M).unwrap(), 5)).unwrap();
+    let dst = ws.mkdir("b");
+    let partial = dst.join("web01.raw.vmshift-partial");
+    // Ctrl-C: interrupted, partial kept; the closing lines say how to resume or discard.
+    let job = ws.start_copying(&src, &dst, "8M");
+    std::thread::sleep(Duration::from_millis(500));
+    signal(job.pid(), rustix::process::Signal::INT);
+    let out = job.finish();
+    let id = last_report(&out)["job_id"].as_str().unwrap().to_owned();
+    assert!(
+        stderr(&out).contains(&format!("`vmshift cancel {id}` removes it")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ws.status(&id)["status"], "interrupted");
+    assert!(partial.exists());
+    let out = ws.vmshift().args(["cancel", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st = ws.status(&id);
+    assert_eq!(
+        (st["status"].as_str(), st["partial_state"].as_str()),
+        (Some("cancelled"), Some("removed"))
+    );
+    assert!(listing(&dst).is_empty());
+
+    // cancel --keep-partial, then cancel: the kept partial goes too.
+    let job = ws.start_copying(&src, &dst, "8M");
+    std::thread::sleep(Duration::from_millis(500));
+    let jobs = ws.vmshift().args(["jobs", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    let id = v[1]["job_id"].as_str().unwrap().to_owned();
+    let out = ws
+        .vmshift()
+        .args(["cancel", &id, "--keep-partial"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    job.finish();
+    assert_eq!(ws.status(&id)["partial_state"], "kept");
+    assert!(partial.exists());
+    let out = ws.vmshift().args(["cancel", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ws.status(&id)["partial_state"], "removed");
+    assert!(listing(&dst).is_empty());
+    // A third cancel has nothing left to do.
+    let out = ws.vmshift().args(["cancel", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -456,14 +456,14 @@ fn a_job_started_over_http_outlives_a_restart_and_resumes_from_its_checkpoint() 
         v["progress"]["done_bytes"].as_u64().unwrap_or(0) >= 64 * M
     });
     // SIGTERM: the service interrupts the job at a checkpoint (as Ctrl-C does the CLI's:
-    // cancelled, its partial target kept for a resume) and exits.
+    // its partial target kept for a resume) and exits.
     let (code, log) = svc.terminate();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("interrupting running jobs"), "{log}");
 
     let svc = Service::start(ws.dir.path());
     let job = svc.wait_job(&id, 10, |_| true);
-    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["status"], "interrupted", "{job}");
     assert_eq!(job["partial_state"], "kept", "{job}");
     assert!(
         job["error"].as_str().unwrap().contains("interrupted"),

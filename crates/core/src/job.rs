@@ -54,6 +54,10 @@ pub enum JobStatus {
     Failed,
     /// Stopped on request; same guarantees as `Failed`.
     Cancelled,
+    /// Stopped by Ctrl-C or SIGTERM (a service that stops, a host that shuts down): what a
+    /// resume needs is kept, and `vmshift resume` continues it; same guarantees as
+    /// `Failed` otherwise. Also shown for a `running` job whose process is gone.
+    Interrupted,
     /// Succeeded once, then undone by `vmshift rollback`.
     RolledBack,
     /// Refused by the plan/check phase before anything was written.
@@ -68,6 +72,7 @@ impl JobStatus {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => "interrupted",
             JobStatus::RolledBack => "rolled_back",
             JobStatus::Refused => "refused",
         }

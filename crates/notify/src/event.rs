@@ -71,7 +71,8 @@ impl EventKind {
         match status {
             JobStatus::Succeeded => Some(EventKind::Succeeded),
             JobStatus::Failed | JobStatus::Refused => Some(EventKind::Failed),
-            JobStatus::Cancelled => Some(EventKind::Cancelled),
+            // Stopped on request too (SIGTERM), though resumable: `summary.status` says which.
+            JobStatus::Cancelled | JobStatus::Interrupted => Some(EventKind::Cancelled),
             JobStatus::Running | JobStatus::RolledBack => None,
         }
     }

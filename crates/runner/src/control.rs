@@ -37,7 +37,10 @@ pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitC
         ctx.em.say(format!("vmshift: cancel refused: {why}"));
         return Ok(2);
     }
-    if !matches!(job.status.as_str(), "running" | "failed") {
+    // A cancelled job whose partial target was kept (`--keep-partial`) may be cancelled
+    // again to discard it, as its closing line says.
+    let discard = job.status == "cancelled" && job.partial_state == "kept" && !keep_partial;
+    if !matches!(job.status.as_str(), "running" | "failed" | "interrupted") && !discard {
         ctx.em.say(format!(
             "vmshift: job {} is {}: nothing to cancel",
             job.id, job.status
@@ -125,7 +128,10 @@ pub(crate) fn resume(ctx: &JobCtx, id: &str, report: Option<PathBuf>) -> Result<
             job.id, job.id
         ));
     }
-    if !matches!(job.status.as_str(), "running" | "failed" | "cancelled") {
+    if !matches!(
+        job.status.as_str(),
+        "running" | "failed" | "cancelled" | "interrupted"
+    ) {
         return refuse(format!(
             "job {} is {}: only interrupted, failed or cancelled jobs can be resumed",
             job.id,

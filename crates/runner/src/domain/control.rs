@@ -123,7 +123,9 @@ pub(crate) fn cancel(
     let mut done = Vec::new();
     for id in jd.children.values() {
         if let Ok(c) = j.job(id) {
-            if matches!(c.status.as_str(), "running" | "failed") && running_pid(id).is_none() {
+            if matches!(c.status.as_str(), "running" | "failed" | "interrupted")
+                && running_pid(id).is_none()
+            {
                 if !c.partial.is_empty() {
                     let _ = std::fs::remove_file(&c.partial);
                 }

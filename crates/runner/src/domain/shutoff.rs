@@ -43,8 +43,10 @@ fn disk_job(
                     return (id.clone(), Ok(0));
                 }
             }
-            if matches!(rec.status.as_str(), "running" | "failed" | "cancelled")
-                && crate::journal::running_pid(id).is_none()
+            if matches!(
+                rec.status.as_str(),
+                "running" | "failed" | "cancelled" | "interrupted"
+            ) && crate::journal::running_pid(id).is_none()
             {
                 ctx.em
                     .note(format!("disk {target}: resuming offline job {id}"));

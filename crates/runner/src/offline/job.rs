@@ -227,7 +227,9 @@ pub(crate) fn run_job(
                 0
             }
             Err(message) => {
-                report.status = if ctx.control.is_cancelled() {
+                report.status = if ctx.control.is_interrupted() {
+                    JobStatus::Interrupted
+                } else if ctx.control.is_cancelled() {
                     JobStatus::Cancelled
                 } else {
                     JobStatus::Failed
