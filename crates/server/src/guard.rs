@@ -27,6 +27,13 @@ pub fn allowed(gate: &Gate, r: &JobRequest) -> Result<(), Problem> {
             if let Some(to) = &d.to {
                 check("to", to)?;
             }
+            // A pool's directory is where the disks go: it must be a datastore's too. A
+            // pool libvirt cannot show is refused by the check itself.
+            if let Some(pool) = &d.pool {
+                if let Ok(dir) = vmshift_runner::domain::pool_dir(d.connect.as_deref(), pool) {
+                    check(&format!("pool {pool}"), &dir)?;
+                }
+            }
             (d.no_journal, &d.report)
         }
     };

@@ -89,6 +89,24 @@ pub fn check(r: &DomainRequest) -> (bool, Vec<String>) {
     }
 }
 
+/// The directory of the storage pool `pool` (its target path), as libvirt at `connect`
+/// names it.
+///
+/// # Errors
+/// A one-line message: libvirt unreachable, no such pool, or a build without libvirt.
+pub fn pool_dir(connect: Option<&str>, pool: &str) -> Result<std::path::PathBuf, String> {
+    #[cfg(feature = "libvirt")]
+    {
+        let lv = vmshift_libvirt::Libvirt::open(connect).map_err(|e| e.to_string())?;
+        lv.pool_dir(pool).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = (connect, pool);
+        Err(NOT_BUILT.to_string())
+    }
+}
+
 /// `vmshift info --domain`: the domain's state and disks as JSON and as lines for people.
 ///
 /// # Errors
