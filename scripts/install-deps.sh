@@ -15,7 +15,7 @@ for bin in mkfs.ext4:e2fsprogs busybox:busybox-static cpio:cpio nbdkit:nbdkit nb
            python3:python3 zstd:zstd xz:xz-utils gzip:gzip gcc:gcc strings:binutils \
            dpkg-deb:dpkg fio:fio openssl:openssl pkg-config:pkg-config \
            libvirtd:libvirt-daemon-system virsh:libvirt-clients \
-           dpkg-shlibdeps:dpkg-dev man:man-db systemd-analyze:systemd; do
+           dpkg-shlibdeps:dpkg-dev man:man-db systemd-analyze:systemd curl:curl; do
   command -v "${bin%%:*}" >/dev/null || need+=("${bin#*:}")
 done
 # scripts/build-deb.sh: dpkg-shlibdeps finds the package's library dependencies; the packaging
