@@ -233,7 +233,14 @@ fn a_job_started_over_http_is_verified_and_its_sse_stream_carries_the_cli_events
     let dst = svc.store.join("new");
     std::fs::create_dir_all(&dst).unwrap();
 
-    // The check first: the plan, nothing written.
+    // The check first: the plan, nothing written; a read token may see it too.
+    let (s, _, v) = svc.call(
+        "POST",
+        "/api/v1/check",
+        Some(READ),
+        Some(&offline(&img, &dst).to_string()),
+    );
+    assert_eq!((s, &v["go"]), (200, &json!(true)), "{v}");
     let (s, plan) = svc.post("/api/v1/check", &offline(&img, &dst));
     assert_eq!(s, 200, "{plan}");
     assert_eq!(plan["go"], true, "{plan}");

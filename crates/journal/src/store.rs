@@ -195,6 +195,15 @@ impl Journal {
         Ok(false)
     }
 
+    /// Whether the schema is not there yet: a journal another process has just created
+    /// and not yet written its tables into (readers treat it as holding no jobs).
+    ///
+    /// # Errors
+    /// [`JournalError`] when the version cannot be read.
+    pub fn is_blank(&self) -> Result<bool, JournalError> {
+        Ok(self.user_version()? == 0)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

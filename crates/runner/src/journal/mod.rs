@@ -43,7 +43,12 @@ pub fn read_journal() -> Result<Option<Journal>> {
     if std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
-    Ok(Some(Journal::open_read_only(&path)?))
+    let j = Journal::open_read_only(&path)?;
+    // Another process created it a moment ago and is writing its schema.
+    if j.is_blank()? {
+        return Ok(None);
+    }
+    Ok(Some(j))
 }
 
 fn lock_dir() -> Result<PathBuf> {

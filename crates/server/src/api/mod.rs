@@ -39,7 +39,8 @@ pub struct AppState {
 pub type Shared = State<Arc<AppState>>;
 
 /// Checks the bearer token of every `/api/v1` call but `openapi.json`; a `read` token on a
-/// mutating method gets 403; mutating calls are logged with the token's name.
+/// mutating method (any but GET, HEAD, OPTIONS and `POST /check`) gets 403; mutating calls
+/// are logged with the token's name.
 pub async fn require_token(State(s): Shared, mut req: Request, next: Next) -> Response {
     let path = full_path(&req);
     if path == "/api/v1/openapi.json" {
@@ -67,7 +68,10 @@ pub async fn require_token(State(s): Shared, mut req: Request, next: Next) -> Re
         );
         return r;
     };
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // The check writes nothing (an offline one at most a probe file it removes): read
+    // tokens may see plans too.
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && path != "/api/v1/check";
     if mutating {
         if caller.role != Role::Operate {
             return Problem::forbidden(format!(
