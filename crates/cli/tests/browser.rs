@@ -646,6 +646,7 @@ async fn scenario(ui: &Ui, svc: &Service, origin: &str, src1: &Path, src2: &Path
     assert!(target.starts_with(to), "{}", target.display());
     let cmp = Command::new("qemu-img")
         .args(["compare", "-U", p(src1), p(&target)])
+        .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(
