@@ -11,11 +11,14 @@ have_qemu_pair() {
     "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null)" ]
 }
 have_qemu_pair || need+=(qemu)
+# chromium + chromedriver (chromium-driver): crates/cli/tests/browser.rs drives the dashboard
+# in headless Chromium over WebDriver
 for bin in mkfs.ext4:e2fsprogs busybox:busybox-static cpio:cpio nbdkit:nbdkit nbdcopy:libnbd-bin \
            python3:python3 zstd:zstd xz:xz-utils gzip:gzip gcc:gcc strings:binutils \
            dpkg-deb:dpkg fio:fio openssl:openssl pkg-config:pkg-config \
            libvirtd:libvirt-daemon-system virsh:libvirt-clients \
-           dpkg-shlibdeps:dpkg-dev man:man-db systemd-analyze:systemd curl:curl; do
+           dpkg-shlibdeps:dpkg-dev man:man-db systemd-analyze:systemd curl:curl \
+           chromium:chromium chromedriver:chromium-driver; do
   command -v "${bin%%:*}" >/dev/null || need+=("${bin#*:}")
 done
 # scripts/build-deb.sh: dpkg-shlibdeps finds the package's library dependencies; the packaging
