@@ -494,7 +494,7 @@
 
   function onEvent(id, ev) {
     if (id !== state.selected) return;
-    if (ev.event === 'progress') {
+    if (ev.event === 'progress' && ev.phase === 'copy') {
       const t = state.chartBase + (performance.now() - state.chartBaseAt);
       state.chart.push({ t, r: ev.rate_bytes_per_sec || 0 });
       if (state.chart.length > 2000) state.chart = state.chart.filter((_, i) => i % 2 === 0);

@@ -108,7 +108,12 @@ impl Tracked {
         };
         let v = Arc::new(v);
         let mut g = self.lock();
-        if let JobEvent::Progress(p) = event {
+        // The chart is the copy's throughput: verification passes are not sampled.
+        let copy = match event {
+            JobEvent::Progress(p) if p.phase == "copy" => Some(p),
+            _ => None,
+        };
+        if let Some(p) = copy {
             g.seen += 1;
             if g.seen.is_multiple_of(g.stride) {
                 if g.samples.len() >= MAX_SAMPLES {
