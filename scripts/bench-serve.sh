@@ -17,7 +17,8 @@ duration=${3:-600}
 cargo build --release --quiet --bin vmshift --manifest-path "$repo/Cargo.toml"
 vm="$repo/target/release/vmshift"
 root=$(mktemp -d /var/tmp/vmshift-bench-serve.XXXXXX)
-trap 'kill "$svc" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$root"' EXIT
+svc=""
+trap '[ -n "$svc" ] && kill "$svc" 2>/dev/null; wait 2>/dev/null; rm -rf "$root"' EXIT
 mkdir -p "$root/store/a" "$root/store/b"
 token=bench-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 (umask 077; echo "bench operate $token" > "$root/tokens")
