@@ -774,3 +774,56 @@ fn jobs_the_service_runs_notify_the_configured_webhook() {
         .collect();
     assert_eq!(events, ["job.started", "job.succeeded"], "{job}");
 }
+
+#[test]
+fn a_state_directory_inside_a_datastore_keeps_one_journal_for_the_service_and_the_cli() {
+    // The datastore walk must not open the journal (that would drop this process's SQLite
+    // locks, and the CLI's exit would then delete the WAL the service still writes).
+    let ws = Ws::new();
+    let root = ws.dir.path();
+    let store = ws.mkdir("store");
+    let state = store.join("state");
+    let config = serve_support::write_config(root, &store, "");
+    let svc = Service::start_in(&config, &store, &state);
+    let img = image(&svc, "s.qcow2", 64, 16);
+    let (b, c) = (ws.mkdir("store/b"), ws.mkdir("store/c"));
+    let mut req = offline(&img, &b);
+    req["bwlimit"] = json!(4 * M);
+    let (_, v) = svc.post("/api/v1/jobs", &req);
+    let id = v["job_id"].as_str().unwrap().to_string();
+    svc.wait_job(&id, 30, |v| v["status"] == "running");
+    let (s, ds) = svc.get("/api/v1/datastores");
+    assert_eq!(s, 200, "{ds}");
+    // The source and the partial target being written; not the journal.
+    assert_eq!(ds[0]["images"], 2, "{ds}");
+    let out = ws
+        .vmshift()
+        .env("VMSHIFT_STATE_DIR", &state)
+        .args(["migrate", p(&img), "--to", p(&c), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(svc.deleted_journal_fds(), Vec::<String>::new());
+    svc.wait_job(&id, 60, |v| v["status"] == "succeeded");
+    let cli_jobs = ws
+        .vmshift()
+        .env("VMSHIFT_STATE_DIR", &state)
+        .args(["jobs", "--json"])
+        .output()
+        .unwrap();
+    let cli_jobs: Value = serde_json::from_slice(&cli_jobs.stdout).unwrap();
+    assert_eq!(cli_jobs.as_array().unwrap().len(), 2, "{cli_jobs}");
+    let (_, api_jobs) = svc.get("/api/v1/jobs");
+    assert_eq!(api_jobs.as_array().unwrap().len(), 2, "{api_jobs}");
+    // And the journal's own files are refused as images.
+    let (s, v) = svc.post("/api/v1/check", &offline(&state.join("journal.sqlite"), &c));
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("state directory"),
+        "{v}"
+    );
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -4,10 +4,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
-/// The datastore roots, resolved.
+/// The datastore roots, resolved, and the state directory, which is never a datastore's.
 #[derive(Debug, Clone)]
 pub struct Gate {
     roots: Vec<PathBuf>,
+    state: Option<PathBuf>,
 }
 
 impl Gate {
@@ -26,7 +27,13 @@ impl Gate {
             }
             out.push(c);
         }
-        Ok(Gate { roots: out })
+        let state = vmshift_runner::state::state_dir().ok().map(|d| resolve(&d));
+        Ok(Gate { roots: out, state })
+    }
+
+    /// The state directory (journal, locks, reports), resolved.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state.as_deref()
     }
 
     /// The resolved roots.
@@ -46,6 +53,15 @@ impl Gate {
             return Err(format!("{what} {}: \"..\" is not allowed", path.display()));
         }
         let resolved = resolve(path);
+        // The journal must only ever be opened by SQLite: a plain open and close of it in
+        // this process would drop SQLite's locks (POSIX locks are per process).
+        if let Some(state) = self.state.as_deref().filter(|s| resolved.starts_with(s)) {
+            return Err(format!(
+                "{what} {} is inside vmshift's state directory {}; name an image elsewhere",
+                path.display(),
+                state.display()
+            ));
+        }
         if self.roots.iter().any(|r| resolved.starts_with(r)) {
             Ok(resolved)
         } else {
@@ -110,6 +126,19 @@ mod tests {
         // A sibling whose name starts with the root's is not inside it.
         std::fs::create_dir_all(d.path().join("store2")).unwrap();
         assert!(g.check("to", &d.path().join("store2/x")).is_err());
+    }
+
+    #[test]
+    fn the_state_directory_is_refused_even_inside_a_datastore() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("state")).unwrap();
+        let mut g = Gate::new(&[d.path().to_path_buf()]).unwrap();
+        g.state = Some(d.path().join("state").canonicalize().unwrap());
+        let e = g
+            .check("source", &d.path().join("state/journal.sqlite"))
+            .unwrap_err();
+        assert!(e.contains("inside vmshift's state directory"), "{e}");
+        assert!(g.check("source", &d.path().join("vm.raw")).is_ok());
     }
 
     #[test]

@@ -53,7 +53,12 @@ impl Service {
     }
 
     pub fn start_with(root: &Path, config: &Path, store: &Path) -> Service {
-        let state = root.join("state");
+        Service::start_in(config, store, &root.join("state"))
+    }
+
+    /// [`Service::start_with`] with the state directory at `state`.
+    pub fn start_in(config: &Path, store: &Path, state: &Path) -> Service {
+        let state = state.to_path_buf();
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
             .arg("--config")
             .arg(config)
@@ -216,6 +221,23 @@ impl Service {
     }
 
     /// Kills the service (SIGKILL), as a crash would.
+    /// The service's open descriptors of deleted journal files (a split journal).
+    pub fn deleted_journal_fds(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .flatten()
+        {
+            if let Ok(t) = std::fs::read_link(e.path()) {
+                let t = t.display().to_string();
+                if t.contains("journal.sqlite") && t.ends_with("(deleted)") {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -37,14 +37,14 @@ pub async fn list(axum::extract::State(s): Shared) -> ApiResult<Json<Vec<Datasto
         s.gate
             .roots()
             .iter()
-            .map(|r| one(r))
+            .map(|r| one(r, s.gate.state_dir()))
             .collect::<Result<Vec<_>, _>>()
             .map(Json)
     })
     .await
 }
 
-fn one(root: &Path) -> Result<Datastore, Problem> {
+fn one(root: &Path, state: Option<&Path>) -> Result<Datastore, Problem> {
     let st = rustix::fs::statvfs(root)
         .map_err(|e| Problem::internal(format!("datastore {}: {e}", root.display())))?;
     let size = st.f_blocks.saturating_mul(st.f_frsize);
@@ -54,7 +54,7 @@ fn one(root: &Path) -> Result<Datastore, Problem> {
         .saturating_sub(st.f_bfree)
         .saturating_mul(st.f_frsize);
     let (mut images, mut allocated) = (0, 0);
-    walk(root, 0, &mut |p| {
+    walk(root, state, 0, &mut |p| {
         images += 1;
         allocated += vmshift_runner::files::allocated_bytes(p);
     });
@@ -68,7 +68,13 @@ fn one(root: &Path) -> Result<Datastore, Problem> {
     })
 }
 
-fn walk(dir: &Path, depth: usize, found: &mut dyn FnMut(&Path)) {
+/// Image files below `dir`, never below `skip`: the state directory holds the journal,
+/// which only SQLite may open (closing any other descriptor of it drops this process's
+/// SQLite locks, and another process could then delete the journal's WAL under it).
+fn walk(dir: &Path, skip: Option<&Path>, depth: usize, found: &mut dyn FnMut(&Path)) {
+    if skip.is_some_and(|s| dir.starts_with(s)) {
+        return;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -76,7 +82,7 @@ fn walk(dir: &Path, depth: usize, found: &mut dyn FnMut(&Path)) {
         let Ok(ft) = e.file_type() else { continue };
         let p = e.path();
         if ft.is_dir() && depth < MAX_DEPTH {
-            walk(&p, depth + 1, found);
+            walk(&p, skip, depth + 1, found);
         } else if ft.is_file() && is_image(&p) {
             found(&p);
         }
