@@ -827,3 +827,36 @@ fn a_state_directory_inside_a_datastore_keeps_one_journal_for_the_service_and_th
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+#[test]
+fn an_image_whose_backing_file_lies_outside_the_datastores_is_refused() {
+    let ws = Ws::new();
+    let svc = Service::start(ws.dir.path());
+    let outside = ws.mkdir("outside");
+    let base = outside.join("secret-base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "16M"]);
+    qemu_io("qcow2", &base, &["write -P 0x5a 0 1M"]);
+    let child = svc.store.join("child.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        p(&base),
+        "-F",
+        "qcow2",
+        p(&child),
+    ]);
+    let dst = svc.store.join("dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    for path in ["/api/v1/check", "/api/v1/jobs"] {
+        let (s, v) = svc.post(path, &offline(&child, &dst));
+        assert_eq!(s, 403, "{path}: {v}");
+        let d = v["detail"].as_str().unwrap();
+        assert!(d.contains("backing file") && d.contains(p(&base)), "{d}");
+    }
+    assert!(common::listing(&dst).is_empty());
+    let (_, jobs) = svc.get("/api/v1/jobs?all=true");
+    assert_eq!(jobs, json!([]));
+}

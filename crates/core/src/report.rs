@@ -127,6 +127,12 @@ pub struct Report {
     pub bytes_copied: u64,
     /// Bytes not written because they were holes or zeroes.
     pub bytes_skipped_zero: u64,
+    /// Offline: guest bytes that block status reported as data and this run read (the
+    /// plan's "to copy", less chunks reused from earlier runs). `bytes_copied` is what of
+    /// them was written as data; the rest were zero blocks found in them, written as zeroes
+    /// or left as holes, and counted in `bytes_skipped_zero`. 0 for live and domain moves.
+    #[serde(default)]
+    pub data_bytes: u64,
     /// Bytes reused from an earlier interrupted run (resume).
     #[serde(default)]
     pub bytes_reused: u64,
@@ -193,6 +199,7 @@ impl Report {
             phases: Vec::new(),
             bytes_copied: 0,
             bytes_skipped_zero: 0,
+            data_bytes: 0,
             bytes_reused: 0,
             repaired_chunks: Vec::new(),
             throughput_bytes_per_sec: 0,
@@ -298,7 +305,8 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "Copied {} as data, skipped {} of zeroes/holes{}, at {}/s. Backing: {}. Consistency: {}.\n",
+            "{}Copied {} as data, skipped {} of zeroes/holes{}, at {}/s. Backing: {}. Consistency: {}.\n",
+            self.data_read_note(),
             format_bytes(self.bytes_copied),
             format_bytes(self.bytes_skipped_zero),
             if self.bytes_reused > 0 {
@@ -310,6 +318,20 @@ impl Report {
             self.backing,
             self.consistency
         );
+    }
+
+    /// "Read X of data (Y of it zero blocks). " when the data read holds zero blocks, which
+    /// are then not copied as data: the plan's "to copy" and `bytes_copied` differ by them.
+    pub fn data_read_note(&self) -> String {
+        if self.data_bytes > self.bytes_copied {
+            format!(
+                "Read {} of data ({} of it zero blocks). ",
+                format_bytes(self.data_bytes),
+                format_bytes(self.data_bytes - self.bytes_copied)
+            )
+        } else {
+            String::new()
+        }
     }
 
     /// The verification result, digests and first mismatch.

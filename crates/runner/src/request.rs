@@ -156,6 +156,7 @@ pub struct OfflineRequest {
     pub drop: Vec<DropProperty>,
     /// Copy worker threads, 1–256; `None`: twice the CPUs, 8 to 16.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub threads: Option<usize>,
     /// Offline copy I/O.
     #[serde(default)]

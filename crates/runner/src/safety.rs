@@ -29,6 +29,7 @@ pub fn problems(
 ) -> Vec<Problem> {
     let mut out = report_problems(args, chain, target);
     out.extend(state_dir_problem());
+    out.extend(threads_problem(args));
     out.extend(partial_problem(target));
     out.extend(target_problems(args, target));
     out.extend(delete_source_problems(args, chain, source_lock));
@@ -91,6 +92,21 @@ fn state_dir_problem() -> Option<Problem> {
     }
     None
 }
+
+/// Copy threads outside 1–256 (the CLI's parser refuses them; a JSON request may not).
+fn threads_problem(args: &OfflineRequest) -> Option<Problem> {
+    let t = args.threads?;
+    (!(1..=MAX_THREADS).contains(&t)).then(|| {
+        Problem::new(
+            "threads",
+            format!("threads {t} is outside 1-{MAX_THREADS}"),
+            "give 1 to 256 copy threads, or leave it out (twice the CPUs, 8 to 16)",
+        )
+    })
+}
+
+/// The most copy worker threads a job may ask for.
+pub const MAX_THREADS: usize = 256;
 
 /// A partial target under our temporary name belongs to a running or interrupted job.
 fn partial_problem(target: &Path) -> Option<Problem> {

@@ -51,11 +51,21 @@ pub fn allowed(gate: &Gate, r: &JobRequest) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Checks the images a live plan would mirror.
+/// Checks the images a plan would read or write: every layer of an offline source's backing
+/// chain (an image may name a backing file anywhere), the target, and each disk a live
+/// plan would mirror with its target.
 ///
 /// # Errors
 /// 403 for an image outside the datastores.
 pub fn allowed_plan(gate: &Gate, plan: &Plan) -> Result<(), Problem> {
+    if let Plan::Offline(c) = plan {
+        for layer in c.chain.iter().flat_map(|ch| ch.layers.iter()).skip(1) {
+            gate.check("backing file", &layer.path)
+                .map_err(Problem::forbidden)?;
+        }
+        gate.check("target", &c.target_path)
+            .map_err(Problem::forbidden)?;
+    }
     if let Plan::Live(p) = plan {
         for d in &p.disks {
             gate.check(&format!("disk {}", d.disk.device), Path::new(&d.disk.file))

@@ -229,6 +229,7 @@ impl Run<'_> {
                 guard.keep = self.keep_partial_after(&e);
                 report.bytes_copied = counters.copied.load(Ordering::Relaxed);
                 report.bytes_skipped_zero = counters.skipped.load(Ordering::Relaxed);
+                report.data_bytes = counters.done.load(Ordering::Relaxed);
                 return Err(format!(
                     "{e}{}",
                     failure_hint(
@@ -247,6 +248,7 @@ impl Run<'_> {
         let secs = copy_started.elapsed().as_secs_f64().max(1e-3);
         report.bytes_copied = stats.bytes_copied;
         report.bytes_skipped_zero = stats.bytes_skipped_zero;
+        report.data_bytes = stats.bytes_processed;
         report.throughput_bytes_per_sec =
             vmshift_core::rate_bytes_per_sec(stats.bytes_processed, secs);
         Ok(Copied {

@@ -315,9 +315,18 @@ fn finish(
             e.message
         )),
         None => em.say(format!(
-            "vmshift: succeeded: {} → {} ({} copied, {}{} zero skipped, verification {})",
+            "vmshift: succeeded: {} → {} ({}{} copied, {}{} zero skipped, verification {})",
             report.source.path,
             report.destination.path,
+            if report.data_bytes > report.bytes_copied {
+                format!(
+                    "{} of data read, {} of it zero blocks; ",
+                    format_bytes(report.data_bytes),
+                    format_bytes(report.data_bytes - report.bytes_copied)
+                )
+            } else {
+                String::new()
+            },
             format_bytes(report.bytes_copied),
             if report.bytes_reused > 0 {
                 format!(
