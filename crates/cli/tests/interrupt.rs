@@ -42,6 +42,20 @@ fn ctrl_c_keeps_the_partial_and_resume_with_its_own_bwlimit_finishes_it() {
         let r = last_report(&out);
         assert_eq!(r["status"], "succeeded", "{r}");
         assert!(r["bytes_reused"].as_u64().unwrap() > 0, "{r}");
+        // The resumed run's progress counts the whole job, its reused chunks done already,
+        // and its rate only what this run copies.
+        let copy: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "progress" && e["phase"] == "copy")
+            .collect();
+        let reused = r["bytes_reused"].as_u64().unwrap();
+        let first = copy
+            .iter()
+            .find(|e| e["total_bytes"] == 48 * M)
+            .expect("copy progress");
+        assert!(first["done_bytes"].as_u64().unwrap() >= reused, "{first}");
+        assert_eq!(copy.last().unwrap()["done_bytes"], 48 * M);
         assert!(identical(&src, &dst.join("web01.raw")));
         assert!(!partial.exists());
     }

@@ -148,7 +148,10 @@ pub fn copy_image_with(
     let need_zero_writes = !opts.target_is_zero;
     let units = plan_units(extents, opts.chunk, need_zero_writes);
     let (work, data_bytes) = pass_work(extents, &units, hooks.skip, opts.chunk, size);
-    counters.start_pass(data_bytes);
+    // A resumed copy's progress counts the whole job: the chunks an earlier run copied are
+    // done already (the journal's durable count says the same).
+    let all_data = crate::plan::data_bytes(extents, &units, opts.chunk, size);
+    counters.start_pass_at(all_data, all_data.saturating_sub(data_bytes));
     let run = ChunkCopy {
         extents,
         target,

@@ -24,7 +24,13 @@ impl Counters {
 
     /// Starts a new pass of `total` bytes.
     pub fn start_pass(&self, total: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        self.done.store(0, Ordering::Relaxed);
+        self.start_pass_at(total, 0);
+    }
+
+    /// Starts a new pass of `total` bytes of which `done` are done already (a resumed copy's
+    /// reused chunks). `done` is stored first, so a reader that sees the new total sees it.
+    pub fn start_pass_at(&self, total: u64, done: u64) {
+        self.done.store(done, Ordering::SeqCst);
+        self.total.store(total, Ordering::SeqCst);
     }
 }

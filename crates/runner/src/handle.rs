@@ -219,11 +219,18 @@ impl Emitter {
             let start = Instant::now();
             // The rate counts only bytes this phase moved: a phase that starts with the
             // counters full (verification done during the copy) shows none.
+            // A new pass (its total set) starts counting from where it starts: a resumed
+            // copy begins with its reused chunks done.
             let mut base = u64::MAX;
+            let mut pass_total = None;
             loop {
                 let stopping = s.load(Ordering::Relaxed);
-                let total = counters.total.load(Ordering::Relaxed);
-                let done = counters.done.load(Ordering::Relaxed).min(total);
+                let total = counters.total.load(Ordering::SeqCst);
+                let done = counters.done.load(Ordering::SeqCst).min(total);
+                if pass_total != Some(total) {
+                    pass_total = Some(total);
+                    base = done;
+                }
                 base = base.min(done);
                 let secs = start.elapsed().as_secs_f64().max(1e-3);
                 let rate = vmshift_core::rate_bytes_per_sec(done - base, secs);
