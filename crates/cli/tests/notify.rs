@@ -275,6 +275,42 @@ fn the_notify_command_gets_the_succeeded_json_on_stdin() {
 }
 
 #[test]
+fn a_notify_command_still_running_when_the_cli_gives_up_is_killed_not_left_behind() {
+    let ws = Ws::new();
+    let script = ws.path("slow.sh");
+    let pidfile = ws.path("slow.pid");
+    std::fs::write(&script, "#!/bin/sh\necho $$ > \"$1\"\nexec sleep 97\n").unwrap();
+    run("chmod", &["755", p(&script)]);
+    let config = write_config(
+        &ws,
+        &format!(
+            "[notify]\ncommand = [\"{}\", \"{}\"]\n",
+            p(&script),
+            p(&pidfile)
+        ),
+    );
+    let (src, dst) = small_image(&ws);
+    let out = ws
+        .vmshift()
+        .env("VMSHIFT_CONFIG", &config)
+        .args(["migrate", p(&src), "--to", p(&dst)])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    // Gone (or a zombie about to be reaped by init), not sleeping on.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "the command still runs: {state}"
+    );
+}
+
+#[test]
 fn a_config_that_does_not_load_stops_migrate_with_exit_2_and_no_job() {
     let ws = Ws::new();
     let (src, dst) = small_image(&ws);

@@ -16,6 +16,24 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the notify command may run before it is killed, s.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Pids of notify commands running now, so that a notifier that gives up on them (its
+/// front end exits) does not leave them behind.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every notify command still running (SIGKILL); how many there were.
+pub fn kill_running_commands() -> usize {
+    let pids = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in &pids {
+        if let Some(p) = i32::try_from(*pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+    pids.len()
+}
+
 /// Where a notification goes.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -163,6 +181,8 @@ fn run_command(argv: &[String], a: Attempt<'_>) -> AttemptResult {
             )
         }
     };
+    let pid = child.id();
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
     // Feed stdin and drain stderr on their own threads: a command that reads neither must
     // not block the delivery thread past the timeout.
     let writer = child.stdin.take().map(|mut stdin| {
@@ -196,6 +216,10 @@ fn run_command(argv: &[String], a: Attempt<'_>) -> AttemptResult {
             Err(e) => break Err(format!("cannot wait for {program}: {e}")),
         }
     };
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
     if let Some(w) = writer {
         let _ = w.join();
     }

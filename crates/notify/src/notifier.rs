@@ -251,6 +251,8 @@ impl Notifier {
                 "not delivered within the {} s vmshift waited before it stopped",
                 timeout.as_secs()
             ));
+            // A command still running would outlive the front end.
+            deliver::kill_running_commands();
         }
         std::mem::take(&mut *lock(&inner.problems))
     }
