@@ -202,7 +202,7 @@ fn sigterm_mid_copy_stops_and_leaves_no_target_under_its_final_name() {
     let out = child.finish();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let r = last_report(&out);
-    assert_eq!(r["status"], "cancelled");
+    assert_eq!(r["status"], "interrupted");
     assert_eq!(r["error"]["phase"], "copy");
     // An interrupt keeps the journaled partial for `vmshift resume` (tests/interrupt.rs).
     assert_eq!(
