@@ -55,6 +55,14 @@ impl Filter {
     /// # Errors
     /// `since` is neither an age (30m, 12h, 7d) nor an RFC 3339 time.
     pub fn new(all: bool, status: Option<String>, since: Option<&str>) -> Result<Filter> {
+        if let Some(s) = status.as_deref() {
+            if !vmshift_core::job::STATUS_NAMES.contains(&s) {
+                return Err(anyhow!(
+                    "--status {s:?}: a job is one of {}",
+                    vmshift_core::job::STATUS_NAMES.join(", ")
+                ));
+            }
+        }
         let since = since
             .map(|s| {
                 if let Ok(age) = crate::cli::parse_age(s) {

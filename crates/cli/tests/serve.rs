@@ -181,6 +181,22 @@ fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
             "DELETE is not allowed",
         ),
         (
+            "GET",
+            "/api/v1/jobs?status=bogus",
+            Some(READ),
+            None,
+            400,
+            "a job is one of running",
+        ),
+        (
+            "GET",
+            "/api/v1/jobs//events",
+            Some(READ),
+            None,
+            404,
+            "no job",
+        ),
+        (
             "PATCH",
             "/api/v1/jobs/x",
             Some(OPERATE),
@@ -198,6 +214,13 @@ fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
         assert!(detail.contains(says), "{method} {path}: {detail}");
         assert!(!detail.contains('\n'), "one line: {detail}");
     }
+    // The scheme name is case-insensitive.
+    let r = serve_support::agent(Duration::from_secs(30))
+        .get(svc.url("/api/v1/jobs"))
+        .header("Authorization", format!("bearer {READ}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     // A body that is not declared JSON.
     let (s, _, v) = svc.call_as(
         "POST",
@@ -422,6 +445,9 @@ fn a_cli_job_shows_up_in_the_api_streams_from_the_journal_and_is_cancelled_from_
     std::thread::sleep(Duration::from_millis(1500));
     let (s, v) = svc.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}));
     assert_eq!(s, 200, "{v}");
+    assert_eq!(v["job_id"], id.as_str(), "{v}");
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert_eq!(v["partial_state"], "removed", "{v}");
     let code = child.wait().unwrap().code();
     assert_ne!(code, Some(0));
     let stream = follower.join().unwrap();
@@ -696,6 +722,20 @@ fn https_with_the_configured_certificate() {
         &store,
         &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", p(&cert), p(&key)),
     );
+    // A key others can read is refused, like the tokens file.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = ws
+        .vmshift()
+        .args(["--config", p(&config), "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS key") && err.contains("mode 0644"),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let svc = Service::start_with(root, &config, &store);
     assert!(svc.base.starts_with("https://"), "{}", svc.base);
     let out = std::process::Command::new("curl")

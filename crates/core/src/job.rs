@@ -64,6 +64,17 @@ pub enum JobStatus {
     Refused,
 }
 
+/// Every status a job can be shown with (`jobs --status`, `GET /jobs?status=`).
+pub const STATUS_NAMES: [&str; 7] = [
+    "running",
+    "interrupted",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "refused",
+    "rolled_back",
+];
+
 impl JobStatus {
     /// The string used in reports and the journal.
     pub fn as_str(&self) -> &'static str {

@@ -107,6 +107,12 @@ impl Journal {
     /// # Errors
     /// [`JournalError::NoSuchJob`], [`JournalError::Ambiguous`] or a database error.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<String, JournalError> {
+        if id_or_prefix.trim().is_empty() {
+            return Err(JournalError::NoSuchJob {
+                path: self.path.clone(),
+                id: "\"\"".into(),
+            });
+        }
         let pattern = format!(
             "{}%",
             id_or_prefix.replace('\\', "\\\\").replace(['%', '_'], "")

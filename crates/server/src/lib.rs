@@ -108,6 +108,9 @@ fn job_counts() -> HashMap<(String, String), i64> {
 pub fn serve(opts: &ServeOptions, observers: Vec<Observer>) -> Result<(), String> {
     let cfg = config::Config::load(opts.config.as_deref(), opts.listen.as_deref())?;
     let tokens = auth::Tokens::load(&cfg.tokens)?;
+    if let Some(tls) = &cfg.tls {
+        private_key_file(&tls.key)?;
+    }
     let gate = gate::Gate::new(&cfg.datastores)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let tracker = Arc::new(tracked::Tracker::new(metrics.clone(), observers));
@@ -179,6 +182,21 @@ pub fn serve(opts: &ServeOptions, observers: Vec<Observer>) -> Result<(), String
         }
         .map_err(|e| format!("the service stopped: {e}"))
     })
+}
+
+/// The TLS private key must be readable by its owner only, like the tokens file.
+fn private_key_file(key: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "TLS key {} is mode {:04o}: others could read it; chmod 600 {}",
+            key.display(),
+            m.mode() & 0o7777,
+            key.display()
+        ));
+    }
+    Ok(())
 }
 
 async fn stop_signal() {

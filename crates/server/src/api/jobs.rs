@@ -79,6 +79,14 @@ pub async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let Query(q) = q.map_err(|e| Problem::bad_request(format!("query: {}", e.body_text())))?;
+    if let Some(st) = q.status.as_deref() {
+        if !vmshift_core::job::STATUS_NAMES.contains(&st) {
+            return Err(Problem::bad_request(format!(
+                "status {st:?}: a job is one of {}",
+                vmshift_core::job::STATUS_NAMES.join(", ")
+            )));
+        }
+    }
     let tracker = s.tracker.clone();
     blocking(move || {
         let Some(j) = read_journal()? else {
@@ -224,7 +232,18 @@ pub async fn cancel(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let keep = optional_json::<CancelOptions>(&body)?.keep_partial;
-    blocking(move || command(s.runner.cancel(&id, keep)?)).await
+    blocking(move || {
+        // Its result only confirms; what counts is what became of the job.
+        let _ = command(s.runner.cancel(&id, keep)?)?;
+        // What became of it, as the journal now has it.
+        let j = vmshift_runner::journal::open_journal()?;
+        let job = j.job(&id)?;
+        Ok(Json(json!({
+            "job_id": job.id, "status": shown_status(&job),
+            "partial": job.partial, "partial_state": job.partial_state,
+        })))
+    })
+    .await
 }
 
 /// Changes a running job's bandwidth limit (here or in another process), bytes/s.
