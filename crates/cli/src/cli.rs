@@ -183,6 +183,27 @@ pub enum Command {
     /// Run the HTTP service: REST API under /api/v1, a live dashboard at /, Prometheus
     /// metrics at /metrics. Jobs it runs are journaled like the CLI's; SIGTERM interrupts
     /// them so that `resume` continues them.
+    ///
+    /// Configuration (TOML, the global --config FILE, else $VMSHIFT_CONFIG, else
+    /// /etc/vmshift/config.toml): `listen` (default 127.0.0.1:8088); `tokens` (default
+    /// /etc/vmshift/tokens); `datastores`, the directories the service may touch (a path
+    /// outside them, through `..` or a symlink, gets 403); `[tls]` `cert` and `key` (PEM;
+    /// required for a non-loopback address, the key file mode 0600 or 0400); `max_body_bytes`
+    /// (default 65536); `[notify]`, webhooks and a command (see vmshift(1)).
+    ///
+    /// Tokens file (mode 0600, else the service refuses to start): one `NAME ROLE TOKEN` per
+    /// line, ROLE `read` (GET, and POST /api/v1/check) or `operate` (everything). Requests
+    /// carry `Authorization: Bearer TOKEN`; each mutating call is logged with the token's name.
+    ///
+    /// Endpoints: POST /api/v1/check, POST|GET /api/v1/jobs, GET|PATCH /api/v1/jobs/{id},
+    /// POST /api/v1/jobs/{id}/cancel|resume|rollback, GET /api/v1/jobs/{id}/events
+    /// (Server-Sent Events, the objects of --json), GET /api/v1/datastores, GET
+    /// /api/v1/openapi.json (OpenAPI 3), GET /healthz, GET /metrics (Prometheus), GET / (the
+    /// dashboard). Errors are RFC 9457 application/problem+json.
+    ///
+    /// Signals: SIGTERM or SIGINT stops accepting requests, interrupts running jobs at their
+    /// next checkpoint (they are journaled `interrupted`; POST .../resume or `vmshift resume`
+    /// continues them) and exits 0 within 120 s.
     Serve {
         /// ADDR:PORT to listen on (default: the configuration's `listen`, else
         /// 127.0.0.1:8088; a non-loopback address needs [tls] in the configuration).

@@ -272,9 +272,11 @@ impl Drop for Notifier {
 }
 
 impl Inner {
-    /// Records every unfinished delivery `abandoned`, `why` (one line).
+    /// Records every unfinished delivery `abandoned`, `why` (one line), and notes them once
+    /// per target and job (a dead webhook would otherwise repeat one line per event).
     fn abandon(&self, why: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut gone = Abandoned::default();
         let mut book = lock(&self.book);
         let open: Vec<(String, Open)> = book.open.drain().collect();
         for (id, o) in open {
@@ -287,14 +289,13 @@ impl Inner {
                 }),
                 ..o.update
             };
-            self.note(&format!(
-                "{}: {} of job {} abandoned after {} attempts: {}",
-                o.target,
-                o.event,
-                o.job_id,
+            gone.add(
+                &o.target,
+                &o.job_id,
+                &o.event.to_string(),
                 update.attempts,
-                update.last_error.as_deref().unwrap_or(why)
-            ));
+                last,
+            );
             book.write(|j| j.update_delivery(&id, &update));
             self.unfinished.fetch_sub(1, Ordering::SeqCst);
         }
@@ -307,13 +308,14 @@ impl Inner {
                 last_error: Some(why.to_string()),
             };
             let target = self.targets[d.target].0.name().to_string();
-            self.note(&format!(
-                "{target}: {} of job {} abandoned before its first attempt: {why}",
-                d.event, d.job_id
-            ));
+            gone.add(&target, &d.job_id, &d.event.to_string(), 0, None);
             book.record(&d, &target);
             book.write(|j| j.update_delivery(&d.id, &update));
             self.unfinished.fetch_sub(1, Ordering::SeqCst);
+        }
+        drop(book);
+        for line in gone.lines(why) {
+            self.note(&line);
         }
     }
 
@@ -506,14 +508,104 @@ fn settle(inner: &Inner, p: &mut Pending, result: &AttemptResult) -> bool {
             drop(book);
             if state == "failed" {
                 inner.note(&format!(
-                    "{what} of job {} failed after {attempts} attempts: {}",
+                    "{what} of job {} failed after {attempts} attempt{}: {}",
                     p.d.job_id,
+                    if attempts == 1 { "" } else { "s" },
                     update.last_error.as_deref().unwrap_or("")
                 ));
             }
             inner.unfinished.fetch_sub(1, Ordering::SeqCst);
             true
         }
+    }
+}
+
+/// Abandoned deliveries grouped by target and job, in the order first seen.
+#[derive(Default)]
+struct Abandoned {
+    groups: Vec<AbandonedGroup>,
+}
+
+struct AbandonedGroup {
+    target: String,
+    job_id: String,
+    events: Vec<String>,
+    attempts: u32,
+    last_error: Option<String>,
+}
+
+impl Abandoned {
+    fn add(
+        &mut self,
+        target: &str,
+        job_id: &str,
+        event: &str,
+        attempts: u32,
+        last: Option<String>,
+    ) {
+        let g = match self
+            .groups
+            .iter_mut()
+            .position(|g| g.target == target && g.job_id == job_id)
+        {
+            Some(i) => &mut self.groups[i],
+            None => {
+                self.groups.push(AbandonedGroup {
+                    target: target.to_string(),
+                    job_id: job_id.to_string(),
+                    events: Vec::new(),
+                    attempts: 0,
+                    last_error: None,
+                });
+                self.groups.last_mut().expect("just pushed")
+            }
+        };
+        g.events.push(event.to_string());
+        g.attempts += attempts;
+        if last.is_some() {
+            g.last_error = last;
+        }
+    }
+
+    /// One line per target and job: "T: 3 notifications of job J abandoned (a, b, c)
+    /// after 5 attempts: why (last attempt: e)".
+    fn lines(&self, why: &str) -> Vec<String> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let what = match g.events.len() {
+                    1 => g.events[0].clone(),
+                    n => {
+                        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+                        for e in &g.events {
+                            *counts.entry(e.as_str()).or_default() += 1;
+                        }
+                        let kinds: Vec<String> =
+                            counts.iter().map(|(e, c)| format!("{c} {e}")).collect();
+                        format!("{n} notifications ({})", kinds.join(", "))
+                    }
+                };
+                let tried = match g.attempts {
+                    0 => "before its first attempt".to_string(),
+                    1 => "after 1 attempt".to_string(),
+                    n => format!("after {n} attempts"),
+                };
+                let tried = if g.events.len() > 1 && g.attempts == 0 {
+                    "before any attempt".to_string()
+                } else {
+                    tried
+                };
+                let last = g
+                    .last_error
+                    .as_deref()
+                    .map(|l| format!(" (last attempt: {l})"))
+                    .unwrap_or_default();
+                format!(
+                    "{}: {what} of job {} abandoned {tried}: {why}{last}",
+                    g.target, g.job_id
+                )
+            })
+            .collect()
     }
 }
 
@@ -556,9 +648,25 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         let problems = n.flush(Duration::from_millis(200));
         let dropped = problems.iter().filter(|p| p.contains("dropped")).count();
-        let abandoned = problems.iter().filter(|p| p.contains("abandoned")).count();
+        let abandoned: Vec<_> = problems
+            .iter()
+            .filter(|p| p.contains("abandoned"))
+            .collect();
         assert_eq!(dropped, 11, "{problems:?}");
-        assert_eq!(abandoned, MAX_UNFINISHED, "{problems:?}");
+        // One line for the target and job, not one per event.
+        assert_eq!(abandoned.len(), 1, "{problems:?}");
+        assert!(
+            abandoned[0].starts_with(&format!(
+                "notification stuck: {MAX_UNFINISHED} notifications ({} job.phase, 1 job.started)",
+                MAX_UNFINISHED - 1
+            )),
+            "{abandoned:?}"
+        );
+        assert!(
+            abandoned[0].contains("of job j1 abandoned "),
+            "{abandoned:?}"
+        );
+        assert!(!abandoned[0].contains("after 0 attempts"), "{abandoned:?}");
         assert!(problems[0].starts_with("notification stuck: job.phase of job j1 dropped"));
         let j = Journal::open(&state.path().join("journal.sqlite")).unwrap();
         let d = j.deliveries("j1").unwrap();
