@@ -58,7 +58,7 @@ fn example_config_parses_with_every_example_uncommented() {
     let notify = t["notify"].as_table().unwrap();
     assert_eq!(
         notify["command"].as_array().unwrap()[0].as_str(),
-        Some("/usr/sbin/sendmail")
+        Some("/etc/vmshift/notify-mail")
     );
     let hooks = notify["webhooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 1);
