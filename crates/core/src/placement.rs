@@ -594,6 +594,16 @@ pub(crate) mod tests {
 
     proptest! {
         #[test]
+        fn reserve_parse_never_panics(s in ".{0,24}") {
+            let _ = Reserve::parse(&s);
+        }
+
+        #[test]
+        fn reserve_never_exceeds_the_capacity_as_a_percentage(cap in any::<u64>(), p in 0u8..=100) {
+            prop_assert!(Reserve::Percent(p).bytes(cap) <= cap);
+        }
+
+        #[test]
         fn never_over_the_reserve_nor_on_the_source((stores, images) in arb_input()) {
             let plan = place(&stores, &images).unwrap();
             for d in &stores {
