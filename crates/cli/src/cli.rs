@@ -8,7 +8,7 @@ use vmshift_runner::{DomainRequest, JobRequest, LiveRequest, OfflineRequest};
 #[derive(Debug, Parser)]
 #[command(name = "vmshift", version, about, long_about = None)]
 pub struct Cli {
-    /// Config file (TOML): `serve` reads all of it; its [notify] table sends notifications
+    /// Config file (TOML): `serve` reads all of it, `datastores` its datastores; its [notify] table sends notifications
     /// for the jobs that serve, migrate, resume, rollback, cancel and demo run (default:
     /// $VMSHIFT_CONFIG, else /etc/vmshift/config.toml when it exists).
     #[arg(long, global = true, value_name = "FILE")]
@@ -122,6 +122,19 @@ pub enum Command {
         /// Housekeeping.
         #[command(subcommand)]
         action: Option<JobsAction>,
+    },
+    /// List the configured datastores (the config file's `datastores`): capacity, free
+    /// space, reserve, what the images on each allocate, and a measured latency.
+    ///
+    /// The latency is one 4 KiB O_DIRECT write and read of a temp file in the root, median
+    /// of 5 rounds, cached in the state directory for 10 minutes.
+    Datastores {
+        /// Print one JSON array instead of a table (sizes in bytes, latency in µs).
+        #[arg(long)]
+        json: bool,
+        /// Measure every latency now instead of reusing one younger than 10 minutes.
+        #[arg(long)]
+        probe: bool,
     },
     /// Show one job (id or unique prefix) with its phase history.
     Status {

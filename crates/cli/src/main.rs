@@ -3,6 +3,7 @@
 //! to exit codes (0 succeeded, 1 failed after starting, 2 refused or bad usage).
 
 mod cli;
+mod datastores;
 mod docs;
 mod info;
 mod jobs;
@@ -115,6 +116,7 @@ fn run(
             *json,
         ),
         Command::Status { job, json } => jobs::run_status(job, *json),
+        Command::Datastores { json, probe } => datastores::run(config.as_deref(), *json, *probe),
         Command::Resume {
             job,
             report,

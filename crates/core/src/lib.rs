@@ -4,15 +4,18 @@
 //! timestamps in. The I/O edges (`vmshift-image`, `vmshift-copy`, `vmshift-qmp`,
 //! `vmshift-journal`) gather facts into the plain structs defined here, and the decisions
 //! (is there room, is the source safe to read, what will the target look like) are made by
-//! the functions in [`plan`] and [`capacity`].
+//! the functions in [`plan`] and [`capacity`]; which datastore each image of a batch moves
+//! to and when each move starts, by [`placement`] and [`schedule`].
 
 pub mod capacity;
 pub mod extent;
 pub mod fidelity;
 pub mod job;
+pub mod placement;
 pub mod plan;
 pub mod rate;
 pub mod report;
+pub mod schedule;
 pub mod size;
 
 pub use extent::{Extent, ExtentKind};

@@ -39,6 +39,7 @@
 //! ```
 
 pub mod control;
+pub mod datastore;
 pub mod demo;
 pub mod domain;
 pub mod error;

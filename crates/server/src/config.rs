@@ -3,7 +3,10 @@
 //! ```toml
 //! listen = "127.0.0.1:8088"          # default
 //! tokens = "/etc/vmshift/tokens"     # default; must be mode 0600
-//! datastores = ["/var/lib/libvirt/images"]
+//! datastores = [                    # a path, or a named table (vmshift_runner::datastore)
+//!   "/var/lib/libvirt/images",
+//!   { name = "fast", root = "/mnt/nvme", reserve = "10%", max_copies = 4, bwlimit = "200M" },
+//! ]
 //! [tls]                              # required off loopback
 //! cert = "/etc/vmshift/tls/cert.pem"
 //! key = "/etc/vmshift/tls/key.pem"
@@ -13,6 +16,7 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use vmshift_runner::datastore::DatastoreConfig;
 
 /// Where `vmshift serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
@@ -31,9 +35,9 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     /// The bearer tokens file (see [`crate::auth`]).
     pub tokens: Option<PathBuf>,
-    /// Directories the service may touch images under.
+    /// Directories the service may touch images under: paths or named tables.
     #[serde(default)]
-    pub datastores: Vec<PathBuf>,
+    pub datastores: Vec<DatastoreConfig>,
     /// Certificate and key (PEM) for HTTPS.
     pub tls: Option<TlsFiles>,
     /// The largest request body, bytes.
@@ -61,6 +65,8 @@ pub struct Config {
     pub tokens: PathBuf,
     /// Datastore roots as configured.
     pub datastores: Vec<PathBuf>,
+    /// The datastores with their names and limits, as configured.
+    pub named_datastores: Vec<DatastoreConfig>,
     /// HTTPS, when configured.
     pub tls: Option<TlsFiles>,
     /// The largest request body, bytes.
@@ -78,9 +84,9 @@ impl Config {
     /// key; the listen address does not parse; a non-loopback address without `[tls]`.
     pub fn load(path: Option<&Path>, listen: Option<&str>) -> Result<Config, String> {
         let (file, path) = match path {
-            Some(p) => (read(p)?, Some(p.to_path_buf())),
+            Some(p) => (ConfigFile::read(p)?, Some(p.to_path_buf())),
             None if Path::new(DEFAULT_CONFIG).exists() => (
-                read(Path::new(DEFAULT_CONFIG))?,
+                ConfigFile::read(Path::new(DEFAULT_CONFIG))?,
                 Some(PathBuf::from(DEFAULT_CONFIG)),
             ),
             None => (ConfigFile::default(), None),
@@ -101,7 +107,8 @@ impl Config {
         Ok(Config {
             listen,
             tokens: file.tokens.unwrap_or_else(|| DEFAULT_TOKENS.into()),
-            datastores: file.datastores,
+            datastores: file.datastores.iter().map(|d| d.root.clone()).collect(),
+            named_datastores: file.datastores,
             tls: file.tls,
             max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             path,
@@ -109,10 +116,25 @@ impl Config {
     }
 }
 
-fn read(p: &Path) -> Result<ConfigFile, String> {
-    let text = std::fs::read_to_string(p)
-        .map_err(|e| format!("cannot read the configuration {}: {e}", p.display()))?;
-    toml::from_str(&text).map_err(|e| {
+impl ConfigFile {
+    /// Reads and checks the configuration file at `p` (every front end's loader: `serve`
+    /// and `vmshift datastores` read the same keys the same way).
+    ///
+    /// # Errors
+    /// One line naming the file: it cannot be read, is not valid TOML, has an unknown key
+    /// or a bad value (with its line), or names a datastore or its root twice.
+    pub fn read(p: &Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read the configuration {}: {e}", p.display()))?;
+        let file: ConfigFile = parse(p, &text)?;
+        DatastoreConfig::check_list(&file.datastores)
+            .map_err(|e| format!("configuration {}: {e}", p.display()))?;
+        Ok(file)
+    }
+}
+
+fn parse(p: &Path, text: &str) -> Result<ConfigFile, String> {
+    toml::from_str(text).map_err(|e| {
         let msg = e.message().to_string();
         let at = e
             .span()
@@ -160,6 +182,35 @@ mod tests {
         let e = Config::load(Some(&p), None).unwrap_err();
         assert!(e.contains("config.toml (line 2)"), "{e}");
         assert!(e.contains("unknown field `listen_port`"), "{e}");
+    }
+
+    #[test]
+    fn datastores_are_paths_or_named_tables() {
+        let (_d, p) = write(
+            "datastores = [\"/srv\", { name = \"fast\", root = \"/mnt/nvme\", reserve = \"10%\", max_copies = 4, bwlimit = \"200M\" }]\n",
+        );
+        let c = Config::load(Some(&p), None).unwrap();
+        assert_eq!(
+            c.datastores,
+            vec![PathBuf::from("/srv"), PathBuf::from("/mnt/nvme")]
+        );
+        assert_eq!(c.named_datastores[0].name, "/srv");
+        assert_eq!(c.named_datastores[1].name, "fast");
+        assert_eq!(c.named_datastores[1].max_copies, Some(4));
+    }
+
+    #[test]
+    fn a_bad_datastore_names_the_file_and_line() {
+        let (_d, p) = write("listen = \"127.0.0.1:1\"\ndatastores = [{ name = \"x\", root = \"/a\", kind = \"nfs\" }]\n");
+        let e = Config::load(Some(&p), None).unwrap_err();
+        assert!(e.contains("config.toml (line 2)"), "{e}");
+        assert!(e.contains("nfs"), "{e}");
+        let (_d, p) = write("datastores = [\"/a\", { name = \"b\", root = \"/a\" }]\n");
+        let e = Config::load(Some(&p), None).unwrap_err();
+        assert!(
+            e.contains("config.toml: datastore root /a is configured twice"),
+            "{e}"
+        );
     }
 
     #[test]
