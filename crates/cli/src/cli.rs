@@ -211,7 +211,7 @@ pub enum Command {
     /// Endpoints: POST /api/v1/check, POST|GET /api/v1/jobs, GET|PATCH /api/v1/jobs/{id},
     /// POST /api/v1/jobs/{id}/cancel|resume|rollback, GET /api/v1/jobs/{id}/events
     /// (Server-Sent Events, the objects of --json), GET /api/v1/datastores, GET
-    /// /api/v1/openapi.json (OpenAPI 3), GET /healthz, GET /metrics (Prometheus), GET / (the
+    /// /api/v1/openapi.json (OpenAPI 3), GET /healthz (also /api/v1/healthz), GET /metrics (Prometheus), GET / (the
     /// dashboard). Errors are RFC 9457 application/problem+json.
     ///
     /// Signals: SIGTERM or SIGINT stops accepting requests, interrupts running jobs at their

@@ -586,6 +586,11 @@ fn the_openapi_document_describes_every_path_and_the_request_type() {
     let svc = Service::start(ws.dir.path());
     let (s, _, doc) = svc.call("GET", "/api/v1/openapi.json", None, None);
     assert_eq!(s, 200);
+    // Liveness answers without a token at the root and beside the API.
+    for path in ["/healthz", "/api/v1/healthz"] {
+        let (s, _, v) = svc.call("GET", path, None, None);
+        assert_eq!((s, v["status"].as_str()), (200, Some("ok")), "{path}: {v}");
+    }
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     let mut paths: Vec<&str> = doc["paths"]
         .as_object()

@@ -4,7 +4,7 @@
 //! can be cancelled from here, and a job started here survives a restart (interrupted, then
 //! resumable).
 //!
-//! Routes: `/` (dashboard), `/assets/*`, `/healthz`, `/metrics` (Prometheus), and the REST
+//! Routes: `/` (dashboard), `/assets/*`, `/healthz` (also `/api/v1/healthz`), `/metrics` (Prometheus), and the REST
 //! API under `/api/v1` (bearer tokens; see [`api`] and `/api/v1/openapi.json`).
 
 pub mod api;
@@ -62,6 +62,8 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         ));
     Router::new()
         .nest("/api/v1", api)
+        // Liveness beside the API too (no token), where probes look for it first.
+        .route("/api/v1/healthz", get(openapi::health))
         .route("/healthz", get(openapi::health))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard::index))
