@@ -3,6 +3,10 @@
 //! Every command carries an `id`; replies with another id (late answers to a command that
 //! timed out) are dropped, so a slow QEMU never desynchronises the stream. Events that arrive
 //! while waiting for a reply are queued and never cause an error, whatever their name or shape.
+//!
+//! The peer is not trusted to be QEMU: a line longer than [`MAX_LINE_BYTES`] ends the
+//! session instead of growing the buffer, and every wait (greeting, reply, write) has a
+//! deadline.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -17,6 +21,13 @@ use crate::error::QmpError;
 /// Default timeout for one command (seconds). QEMU's main loop can stall for many seconds
 /// when a write-blocking mirror waits on a slow target (case C25), so this is generous.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest QMP message accepted, newline excluded. QEMU's largest replies
+/// (`query-named-block-nodes` of a VM with hundreds of nodes) are a few MiB.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Bytes of a malformed message quoted in its error.
+const QUOTED_BYTES: usize = 120;
 
 /// One asynchronous QMP event, decoded leniently: any event name is accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +77,8 @@ impl Event {
 pub struct Qmp {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Bytes at the start of `buf` already known to hold no newline.
+    scanned: usize,
     events: VecDeque<Event>,
     next_id: u64,
     timeout: Duration,
@@ -74,8 +87,19 @@ pub struct Qmp {
 
 impl Qmp {
     /// Connects to the QMP socket at `path`, retrying for up to `connect_timeout` while the
-    /// socket does not exist yet, reads the greeting and negotiates capabilities.
+    /// socket does not exist yet, reads the greeting and negotiates capabilities (replies
+    /// waited for [`DEFAULT_COMMAND_TIMEOUT`]).
     pub fn connect(path: &Path, connect_timeout: Duration) -> Result<Qmp, QmpError> {
+        Qmp::connect_with_timeout(path, connect_timeout, DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// [`Qmp::connect`] with the per-command reply timeout (see [`Qmp::set_timeout`]) in
+    /// force from `qmp_capabilities` on.
+    pub fn connect_with_timeout(
+        path: &Path,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + connect_timeout;
         let stream = loop {
             match UnixStream::connect(path) {
@@ -97,25 +121,42 @@ impl Qmp {
         let mut qmp = Qmp {
             stream,
             buf: Vec::new(),
+            scanned: 0,
             events: VecDeque::new(),
             next_id: 1,
             timeout: DEFAULT_COMMAND_TIMEOUT,
             greeting: Value::Null,
         };
-        let until = Instant::now() + connect_timeout.max(Duration::from_secs(5));
+        qmp.set_timeout(command_timeout);
+        let waited = connect_timeout.max(Duration::from_secs(5));
+        let until = Instant::now() + waited;
         loop {
-            match qmp.read_message(until)? {
-                Some(m) if m.get("QMP").is_some() => {
+            match qmp.read_message(until) {
+                Ok(Some(m)) if m.get("QMP").is_some() => {
                     qmp.greeting = m;
                     break;
                 }
-                Some(m) => qmp.queue_if_event(m),
-                None => {
+                Ok(Some(m)) if m.get("event").is_some() => qmp.queue_if_event(m),
+                Ok(Some(m)) => {
+                    return Err(QmpError::Protocol(format!(
+                        "expected the QMP greeting from {}, got {}",
+                        path.display(),
+                        quote(m.to_string().as_bytes())
+                    )))
+                }
+                Ok(None) => {
                     return Err(QmpError::NoGreeting {
                         path: path.to_owned(),
-                        waited: connect_timeout.max(Duration::from_secs(5)),
+                        waited,
                     })
                 }
+                Err(QmpError::Closed) => {
+                    return Err(QmpError::ClosedBeforeGreeting {
+                        path: path.to_owned(),
+                        partial: quote(&qmp.buf),
+                    })
+                }
+                Err(e) => return Err(e),
             }
         }
         qmp.execute("qmp_capabilities", None)?;
@@ -149,7 +190,15 @@ impl Qmp {
         let mut line = serde_json::to_vec(&msg).map_err(|e| QmpError::Protocol(e.to_string()))?;
         line.push(b'\n');
         tracing::trace!(%msg, "qmp send");
-        self.stream.write_all(&line)?;
+        // A peer that stops reading must not block us past the reply timeout either.
+        self.stream.set_write_timeout(Some(self.timeout))?;
+        self.stream.write_all(&line).map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => QmpError::Timeout {
+                command: command.to_owned(),
+                timeout: self.timeout,
+            },
+            _ => e.into(),
+        })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let Some(m) = self.read_message(deadline)? else {
@@ -162,6 +211,8 @@ impl Qmp {
                 self.queue_if_event(m);
                 continue;
             }
+            // Never take another command's answer for this one: a reply with another id
+            // (or none) is a late answer to a command that timed out, or garbage.
             if m.get("id").and_then(Value::as_u64) != Some(id) {
                 tracing::debug!(%m, "dropping QMP reply to an earlier command");
                 continue;
@@ -178,7 +229,8 @@ impl Qmp {
                 });
             }
             return Err(QmpError::Protocol(format!(
-                "reply without return or error: {m}"
+                "reply to {command} without return or error: {}",
+                quote(m.to_string().as_bytes())
             )));
         }
     }
@@ -240,10 +292,16 @@ impl Qmp {
     }
 
     /// Next complete JSON message, or `None` when `deadline` passes first.
+    ///
+    /// # Errors
+    /// [`QmpError::LineTooLong`] when [`MAX_LINE_BYTES`] arrive without a newline (the
+    /// buffer never grows past that), [`QmpError::Protocol`] for a line that is not JSON,
+    /// [`QmpError::Closed`] at end of stream.
     fn read_message(&mut self, deadline: Instant) -> Result<Option<Value>, QmpError> {
         loop {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            if let Some(nl) = self.next_newline() {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                self.scanned = 0;
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim();
                 if text.is_empty() {
@@ -252,7 +310,12 @@ impl Qmp {
                 tracing::trace!(msg = %text, "qmp recv");
                 return serde_json::from_str(text)
                     .map(Some)
-                    .map_err(|e| QmpError::Protocol(format!("{e}: {text}")));
+                    .map_err(|e| QmpError::Protocol(format!("{e} in {}", quote(text.as_bytes()))));
+            }
+            if self.buf.len() > MAX_LINE_BYTES {
+                return Err(QmpError::LineTooLong {
+                    limit: MAX_LINE_BYTES,
+                });
             }
             let now = Instant::now();
             if now >= deadline {
@@ -263,7 +326,7 @@ impl Qmp {
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(QmpError::Closed),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.append(&chunk[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -273,6 +336,45 @@ impl Qmp {
             }
         }
     }
+
+    /// Index of the first newline in `buf`, scanning only bytes not scanned before (a long
+    /// line arriving in small reads stays linear).
+    fn next_newline(&mut self) -> Option<usize> {
+        let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+        match found {
+            Some(i) => Some(self.scanned + i),
+            None => {
+                self.scanned = self.buf.len();
+                None
+            }
+        }
+    }
+
+    /// Appends bytes read, growing the buffer by doubling but never beyond one maximal
+    /// line and one read.
+    fn append(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            let cap = (self.buf.capacity() * 2)
+                .min(MAX_LINE_BYTES + 65536)
+                .max(needed);
+            self.buf.reserve_exact(cap - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+/// The first [`QUOTED_BYTES`] of a message for an error, escaped so that it stays on one
+/// line whatever the peer sent.
+fn quote(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(QUOTED_BYTES)];
+    let text = String::from_utf8_lossy(head);
+    let more = if bytes.len() > QUOTED_BYTES {
+        format!("… ({} bytes)", bytes.len())
+    } else {
+        String::new()
+    };
+    format!("{:?}{more}", text)
 }
 
 #[cfg(test)]
