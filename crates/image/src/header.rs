@@ -189,8 +189,8 @@ pub enum HeaderError {
         /// The value found.
         value: u64,
     },
-    /// A header extension's length runs past the end of the first cluster (where QEMU
-    /// keeps all of them) or of the bytes read.
+    /// A header extension's length runs past the end of the first cluster, where QEMU
+    /// keeps all of them (past the end of the bytes read is [`HeaderError::Truncated`]).
     #[error("header extension {kind:#x} at offset {at:#x} has length {len:#x}, running past {limit:#x} (the end of the first cluster)")]
     ExtensionTooLong {
         /// The extension type.

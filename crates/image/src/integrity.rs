@@ -206,11 +206,6 @@ fn walk_tables(
             }
             if entry & COMPRESSED_BIT != 0 {
                 let host = entry & ((1u64 << csize_shift) - 1);
-                // Bits csize_shift..61: additional 512-byte sectors of compressed data.
-                let sectors = ((entry & !COMPRESSED_BIT) >> csize_shift) + 1;
-                let len = (host & !511)
-                    .saturating_add(sectors * 512)
-                    .saturating_sub(host);
                 out.compressed_clusters += 1;
                 out.mapped_clusters += 1;
                 if host >= file_size {
@@ -218,8 +213,10 @@ fn walk_tables(
                         "compressed cluster for guest offset {guest:#x} points at {host:#x}, past the end of the file ({file_size:#x})"
                     ));
                 }
-                // Several compressed clusters may share a host cluster; metadata may not.
-                if let Some(m) = meta.holder(host, len.min(file_size - host)) {
+                // Several compressed clusters may share a host cluster, but none may start
+                // in metadata. (Its sector count is only an upper bound, so its end is not
+                // held against the next cluster.)
+                if let Some(m) = meta.holder(host, 1) {
                     return Err(format!(
                         "compressed cluster for guest offset {guest:#x} at {host:#x} overlaps {m}: its data would be read from metadata"
                     ));
