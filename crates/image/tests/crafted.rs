@@ -402,3 +402,75 @@ fn an_unaligned_l1_table_offset_is_refused() {
         &["invalid header field l1_table_offset at offset 0x28: 0x30008"],
     );
 }
+
+/// Offsets worth corrupting: every header field up to the extensions, the first refcount
+/// table entry, the start of the refcount block, the L1 entry and the first L2 entries.
+const PATCH_OFFSETS: [u64; 25] = [
+    4,
+    8,
+    16,
+    20,
+    24,
+    32,
+    36,
+    40,
+    48,
+    56,
+    60,
+    72,
+    96,
+    100,
+    112,
+    116,
+    REFTABLE,
+    REFBLOCK,
+    L1,
+    L1 + 8,
+    L2,
+    L2 + 8,
+    L2 + 16,
+    L2 + 24,
+    L2 + 0x1000,
+];
+
+/// Values a crafted field is likely to hold: offsets of clusters (with flags), small
+/// counts, extremes, and anything at all.
+fn hostile_value() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..10u64, 0..4u64).prop_map(|(c, f)| (c * C) | (f << 62)),
+        (0..10u64).prop_map(|c| c * C + 0x200),
+        (0..64u32).prop_map(|b| 1u64 << b),
+        Just(u64::MAX),
+        any::<u64>(),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever a few fields hold, inspecting the image (table walk, imago's block status,
+    /// qemu-img check) ends within the time limit, allocates nothing huge and never panics;
+    /// whatever it refuses, it says in one line.
+    #[test]
+    fn patched_fields_never_panic_hang_or_allocate(
+        patches in proptest::collection::vec(
+            (0..PATCH_OFFSETS.len(), proptest::bool::ANY, hostile_value()),
+            1..4,
+        )
+    ) {
+        let mut b = valid_image();
+        for (i, wide, v) in patches {
+            let off = PATCH_OFFSETS[i];
+            if wide {
+                put64(&mut b, off, v);
+            } else {
+                put32(&mut b, off, u32::try_from(v & 0xffff_ffff).unwrap());
+            }
+        }
+        let (_dir, path) = write_image(&b);
+        for line in refusals(&path) {
+            proptest::prop_assert!(!line.contains('\n'), "{line:?}");
+        }
+    }
+}
