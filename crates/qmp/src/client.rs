@@ -26,6 +26,14 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`query-named-block-nodes` of a VM with hundreds of nodes) are a few MiB.
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
+/// Most events kept queued: beyond it (or beyond [`MAX_QUEUED_EVENT_BYTES`]) the oldest are
+/// dropped and counted, so a peer that floods events cannot grow memory while the caller is
+/// busy. The live driver drains the queue every poll; QEMU sends a handful of events per job.
+pub const MAX_QUEUED_EVENTS: usize = 65_536;
+
+/// Most bytes of queued events, counted as the lines they arrived in.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 32 << 20;
+
 /// Bytes of a malformed message quoted in its error.
 const QUOTED_BYTES: usize = 120;
 
@@ -79,7 +87,16 @@ pub struct Qmp {
     buf: Vec<u8>,
     /// Bytes at the start of `buf` already known to hold no newline.
     scanned: usize,
-    events: VecDeque<Event>,
+    /// Queued events with the length of the line each arrived in.
+    events: VecDeque<(Event, usize)>,
+    /// Sum of the line lengths in `events`.
+    queued_bytes: usize,
+    /// Length of the line [`Qmp::read_message`] returned last.
+    last_line_len: usize,
+    /// Events queued since connecting (dropped ones included).
+    events_received: u64,
+    /// Events dropped from the front of a full queue.
+    events_dropped: u64,
     next_id: u64,
     timeout: Duration,
     greeting: Value,
@@ -123,6 +140,10 @@ impl Qmp {
             buf: Vec::new(),
             scanned: 0,
             events: VecDeque::new(),
+            queued_bytes: 0,
+            last_line_len: 0,
+            events_received: 0,
+            events_dropped: 0,
             next_id: 1,
             timeout: DEFAULT_COMMAND_TIMEOUT,
             greeting: Value::Null,
@@ -244,8 +265,8 @@ impl Qmp {
     /// as soon as at least one new event was queued (or the timeout expired).
     pub fn pump(&mut self, timeout: Duration) -> Result<(), QmpError> {
         let deadline = Instant::now() + timeout;
-        let before = self.events.len();
-        while self.events.len() == before {
+        let before = self.events_received;
+        while self.events_received == before {
             match self.read_message(deadline)? {
                 Some(m) => self.queue_if_event(m),
                 None => break,
@@ -256,7 +277,8 @@ impl Qmp {
 
     /// Removes and returns every queued event, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
-        self.events.drain(..).collect()
+        self.queued_bytes = 0;
+        self.events.drain(..).map(|(e, _)| e).collect()
     }
 
     /// Waits up to `timeout` for a queued or new event matching `pred`, removes and returns it.
@@ -269,23 +291,49 @@ impl Qmp {
         let deadline = Instant::now() + timeout;
         let mut scanned = 0;
         loop {
-            if let Some(i) = self.events.iter().skip(scanned).position(&mut pred) {
-                return Ok(self.events.remove(scanned + i));
+            if let Some(i) = self.events.iter().skip(scanned).position(|(e, _)| pred(e)) {
+                return Ok(self.events.remove(scanned + i).map(|(e, len)| {
+                    self.queued_bytes -= len;
+                    e
+                }));
             }
             scanned = self.events.len();
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
+            let dropped = self.events_dropped;
             self.pump(deadline - now)?;
+            // Events dropped from the front shift the ones not yet scanned.
+            let shift = usize::try_from(self.events_dropped - dropped).unwrap_or(usize::MAX);
+            scanned = scanned.saturating_sub(shift);
         }
+    }
+
+    /// Events dropped because [`MAX_QUEUED_EVENTS`] were already queued.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
     }
 
     fn queue_if_event(&mut self, m: Value) {
         match Event::from_message(m, Instant::now()) {
             Some(e) => {
                 tracing::debug!(event = %e.name, data = %e.data, "qmp event");
-                self.events.push_back(e);
+                let len = self.last_line_len;
+                while self.events.len() >= MAX_QUEUED_EVENTS
+                    || (!self.events.is_empty() && self.queued_bytes + len > MAX_QUEUED_EVENT_BYTES)
+                {
+                    if self.events_dropped == 0 {
+                        tracing::warn!("too many QMP events queued: dropping the oldest");
+                    }
+                    if let Some((_, old)) = self.events.pop_front() {
+                        self.queued_bytes -= old;
+                    }
+                    self.events_dropped += 1;
+                }
+                self.events.push_back((e, len));
+                self.queued_bytes += len;
+                self.events_received += 1;
             }
             None => tracing::debug!("ignoring unexpected QMP message"),
         }
@@ -308,6 +356,7 @@ impl Qmp {
                     continue;
                 }
                 tracing::trace!(msg = %text, "qmp recv");
+                self.last_line_len = line.len();
                 return serde_json::from_str(text)
                     .map(Some)
                     .map_err(|e| QmpError::Protocol(format!("{e} in {}", quote(text.as_bytes()))));

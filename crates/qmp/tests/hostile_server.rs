@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vmshift_qmp::client::MAX_LINE_BYTES;
+use vmshift_qmp::client::{MAX_LINE_BYTES, MAX_QUEUED_EVENTS, MAX_QUEUED_EVENT_BYTES};
 use vmshift_qmp::{Qmp, QmpError};
 
 /// Records the largest single allocation: the 64 MiB line must not be buffered.
@@ -111,7 +111,13 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 
 /// Connects with the short test timeout and runs `query-status`.
 fn connect_and_query(path: PathBuf) -> Result<(Value, Qmp), QmpError> {
-    let mut q = Qmp::connect_with_timeout(&path, Duration::from_secs(2), TIMEOUT)?;
+    connect_and_query_within(path, TIMEOUT)
+}
+
+/// [`connect_and_query`] with another command timeout (floods take a while to read in a
+/// debug build, and their reading counts against the command's timeout).
+fn connect_and_query_within(path: PathBuf, timeout: Duration) -> Result<(Value, Qmp), QmpError> {
+    let mut q = Qmp::connect_with_timeout(&path, Duration::from_secs(2), timeout)?;
     let r = q.execute("query-status", None)?;
     Ok((r, q))
 }
@@ -307,4 +313,62 @@ fn a_peer_that_answers_with_something_else_than_a_greeting_is_refused() {
         .unwrap_err();
     let line = one_line(&err);
     assert!(line.contains("expected the QMP greeting"), "{line}");
+}
+
+#[test]
+fn a_flood_of_events_keeps_the_queue_bounded_and_the_reply_arrives() {
+    let flood = MAX_QUEUED_EVENTS + 1000;
+    let (_dir, path) = serve(move |mut peer| {
+        let Some(id) = peer.handshake_then_next_id() else {
+            return;
+        };
+        let mut batch = String::new();
+        for i in 0..flood {
+            batch.push_str(&format!("{}\n", json!({"event": "SPAM", "data": {"n": i}})));
+        }
+        peer.send(&batch);
+        peer.send(&format!("{}\n", json!({"return": {}, "id": id})));
+        peer.wait_for_hangup();
+    });
+    let (r, mut q) = within(Duration::from_secs(30), move || {
+        connect_and_query_within(path, Duration::from_secs(20))
+    })
+    .unwrap();
+    assert_eq!(r, json!({}));
+    assert_eq!(q.events_dropped(), 1000);
+    let events = q.take_events();
+    assert_eq!(events.len(), MAX_QUEUED_EVENTS);
+    // The oldest went: the queue holds the latest events.
+    assert_eq!(events[0].data["n"], 1000);
+}
+
+#[test]
+fn large_events_are_dropped_oldest_first_beyond_the_byte_budget() {
+    // 48 events of 1 MiB each: only the latest 32 MiB (less one line) stay queued.
+    let (_dir, path) = serve(move |mut peer| {
+        let Some(id) = peer.handshake_then_next_id() else {
+            return;
+        };
+        let pad = "x".repeat(1 << 20);
+        for i in 0..48 {
+            peer.send(&format!(
+                "{}\n",
+                json!({"event": "BIG", "data": {"n": i, "pad": pad}})
+            ));
+        }
+        peer.send(&format!("{}\n", json!({"return": {}, "id": id})));
+        peer.wait_for_hangup();
+    });
+    let (_, mut q) = within(Duration::from_secs(30), move || {
+        connect_and_query_within(path, Duration::from_secs(20))
+    })
+    .unwrap();
+    let events = q.take_events();
+    let kept = events.len();
+    assert!(
+        kept * (1 << 20) <= MAX_QUEUED_EVENT_BYTES && kept >= 30,
+        "{kept} kept"
+    );
+    assert_eq!(q.events_dropped(), 48 - kept as u64);
+    assert_eq!(events.last().unwrap().data["n"], 47);
 }
