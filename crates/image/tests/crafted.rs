@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
-use vmshift_image::{inspect, InspectOptions};
+use vmshift_core::extent::ExtentKind;
+use vmshift_image::{inspect, ImageReader, InspectOptions};
 
 /// Records the largest single allocation, so a test can tell that nothing was sized from an
 /// untrusted count (a 2^31-entry L1 table would be a 16 GiB buffer).
@@ -117,8 +118,9 @@ fn write_image(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// Inspects `path` (block status walked, as `check` and `migrate` do) on its own thread:
-/// the refusals as one-line strings, or a panic when it takes longer than a few seconds.
+/// Inspects `path` (block status walked, as `check` and `migrate` do) on its own thread,
+/// and reads what it accepted as the copy would: the refusals as one-line strings, or a
+/// panic when it takes longer than a few seconds.
 fn refusals(path: &Path) -> Vec<String> {
     let (tx, rx) = mpsc::channel();
     let p = path.to_path_buf();
@@ -127,7 +129,11 @@ fn refusals(path: &Path) -> Vec<String> {
             walk_extents: true,
             ..Default::default()
         };
-        let _ = tx.send(inspect(&p, &opts));
+        let inspection = inspect(&p, &opts);
+        if let (true, Some(chain)) = (inspection.facts.problems.is_empty(), &inspection.chain) {
+            read_data(chain);
+        }
+        let _ = tx.send(inspection);
     });
     let inspection = rx
         .recv_timeout(Duration::from_secs(10))
@@ -143,6 +149,31 @@ fn refusals(path: &Path) -> Vec<String> {
         .iter()
         .map(|p| p.one_line())
         .collect()
+}
+
+/// Reads every data extent of an accepted image through imago, as the copy engine does
+/// (at most 64 MiB: the walk let no two guest clusters share a host cluster, so data
+/// is bounded by the file). Read errors are fine; a panic or a hang is not.
+fn read_data(chain: &vmshift_image::Chain) {
+    let Ok(reader) = ImageReader::open(chain) else {
+        return;
+    };
+    let Ok(extents) = reader.extents(0, reader.virtual_size(), false) else {
+        return;
+    };
+    let mut buf = vec![0u8; at(C)];
+    let mut budget = 64u64 << 20;
+    for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
+        let mut pos = e.offset;
+        while pos < e.offset + e.len && budget > 0 {
+            let n = (e.offset + e.len - pos).min(C);
+            if reader.read_at(&mut buf[..at(n)], pos).is_err() {
+                return;
+            }
+            pos += n;
+            budget = budget.saturating_sub(n);
+        }
+    }
 }
 
 /// Asserts that the image is refused with exactly one problem, on one line, containing
@@ -333,11 +364,19 @@ fn a_backing_name_holding_a_nul_is_refused() {
 #[test]
 fn a_backing_name_holding_a_newline_is_refused_on_one_line() {
     assert_refused(
-        &with_backing_name(b"base.qcow2\nvmshift: succeeded"),
+        &with_backing_name(b"base.qcow2\nsecond line"),
         &[
             "backing file name at offset 0x1000 holds a control character",
             r#"\n"#,
         ],
+    );
+}
+
+#[test]
+fn a_backing_name_that_is_not_utf8_is_refused() {
+    assert_refused(
+        &with_backing_name(b"base\xff.qcow2"),
+        &["backing file name at offset 0x1000 holds bytes that are not UTF-8"],
     );
 }
 
