@@ -94,18 +94,21 @@ struct MetadataMap {
 }
 
 impl MetadataMap {
-    /// Claims `[offset, offset+len)` for `what`; refuses a cluster something else holds.
+    /// Claims `[offset, offset+len)` for `what`; refuses (and claims nothing) when
+    /// something else holds one of its clusters.
     fn claim(&mut self, offset: u64, len: u64, what: Meta) -> Result<(), String> {
         let first = offset >> self.cluster_bits;
         let last = (offset + len.max(1) - 1) >> self.cluster_bits;
-        for c in first..=last {
-            if let Some(other) = self.clusters.insert(c, what) {
-                return Err(format!(
-                    "{what} at {offset:#x} overlaps {other} (host cluster {:#x}): the tables are corrupt",
-                    c << self.cluster_bits
-                ));
-            }
+        if let Some((c, other)) = (first..=last).find_map(|c| Some((c, *self.clusters.get(&c)?))) {
+            let host = c << self.cluster_bits;
+            let inside = if host == offset {
+                String::new()
+            } else {
+                format!(" in host cluster {host:#x}")
+            };
+            return Err(format!("{what} at {offset:#x} overlaps {other}{inside}"));
         }
+        self.clusters.extend((first..=last).map(|c| (c, what)));
         Ok(())
     }
 
@@ -311,4 +314,39 @@ fn claim_l2_tables(
         tables.push((i, l2_off));
     }
     Ok(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_claim_on_a_cluster_names_its_holder() {
+        let mut m = MetadataMap {
+            cluster_bits: 16,
+            clusters: HashMap::new(),
+        };
+        m.claim(0x30000, 0x18000, Meta::L1).unwrap();
+        assert_eq!(
+            m.claim(0x40000, 0x10000, Meta::L2(3)),
+            Err("L2 table 3 at 0x40000 overlaps the L1 table".to_string())
+        );
+        assert_eq!(
+            m.claim(0x20000, 0x20000, Meta::RefcountTable),
+            Err(
+                "the refcount table at 0x20000 overlaps the L1 table in host cluster 0x30000"
+                    .to_string()
+            )
+        );
+        assert_eq!(m.holder(0x3fff0, 1), Some(Meta::L1));
+        assert_eq!(m.holder(0x50000, 0x10000), None);
+    }
+
+    #[test]
+    fn a_data_cluster_is_marked_once() {
+        let mut d = DataClusters::default();
+        assert!(d.mark(5) && d.mark(64) && d.mark(u64::MAX >> 16));
+        assert!(!d.mark(5) && !d.mark(64));
+        assert_eq!(d.0.len(), 3, "one word per 64 clusters, only where data is");
+    }
 }
