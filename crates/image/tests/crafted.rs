@@ -331,6 +331,56 @@ fn an_l1_size_of_2_pow_31_is_refused_before_allocating() {
 }
 
 #[test]
+fn a_million_l2_tables_in_a_sparse_file_are_walked_without_reading_64_gib() {
+    // 2^20 L1 entries (512 TiB virtual), each naming its own L2 table in a 64 GiB hole:
+    // valid, and read as zeroes by every reader; the walk must not read the hole.
+    const ENTRIES: u64 = 1 << 20;
+    const BIG_L1: u64 = 7 * C;
+    const TABLES: u64 = BIG_L1 + ENTRIES * 8;
+    let mut b = valid_image();
+    put64(&mut b, 24, ENTRIES * (C / 8) * C); // size: all of them needed
+    put32(&mut b, 36, u32::try_from(ENTRIES).unwrap());
+    put64(&mut b, 40, BIG_L1);
+    let mut l1 = vec![0u8; at(ENTRIES * 8)];
+    put64(&mut l1, 0, L2 | COPIED); // the real table, mapping the two data clusters
+    for i in 1..ENTRIES {
+        put64(&mut l1, i * 8, (TABLES + i * C) | COPIED);
+    }
+    b.extend_from_slice(&l1);
+    put16(&mut b, REFBLOCK + 2 * 3, 0); // the old L1 cluster is free now
+    let (_dir, path) = write_image(&b);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(TABLES + ENTRIES * C)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let h = vmshift_image::header::Qcow2Header::parse(&b[..at(C)]).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let walked = vmshift_image::integrity::check_tables(&path, &h, len);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        walked.errors.iter().all(|e| !e.contains("L2")),
+        "{:?}",
+        walked.errors
+    );
+    assert_eq!(walked.mapped_clusters, 2);
+    // qemu-img check does read all of it (minutes): it is stopped at its time limit.
+    let started = std::time::Instant::now();
+    let checked = vmshift_image::qemu_img::check_within(&path, Duration::from_secs(2));
+    assert_eq!(
+        checked,
+        Err("qemu-img check did not finish within 2s".to_string())
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
 fn a_virtual_size_of_2_pow_63_is_refused_before_allocating() {
     let mut b = valid_image();
     put64(&mut b, 24, 1 << 63);
