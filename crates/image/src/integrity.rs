@@ -13,6 +13,11 @@ const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED_BIT: u64 = 1 << 62;
 const COPIED_BIT: u64 = 1 << 63;
 
+/// Most bytes of L2 tables in holes of the file accepted. A sparse copy (`cp --sparse`) of
+/// a 16 TiB image with every L2 table allocated has 2 GiB of them; a crafted file can name
+/// terabytes, which every reader would then read as zeroes.
+pub const MAX_SPARSE_TABLE_BYTES: u64 = 4 << 30;
+
 /// Result of checking one qcow2 file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Integrity {
@@ -213,13 +218,22 @@ fn walk_tables(
     let csize_shift = 62 - (h.cluster_bits - 8);
     // Tables past the virtual size map no guest data (QEMU keeps VM state there): they are
     // claimed above, but not read, so reading is bounded by the virtual size too.
+    let mut sparse_table_bytes = 0u64;
     for (i, l2_off) in l2_tables
         .into_iter()
         .filter(|&(i, _)| u64::from(i) < needed_l1)
     {
         // A table in a hole of the file reads as zeroes (maps nothing): not reading it keeps
-        // a sparse file full of "tables" from costing a read of its whole length.
+        // a sparse file full of "tables" from costing a read of its whole length here. The
+        // copy's reader (imago) does read them all, so past a bound they are refused.
         if is_hole(&file, l2_off, cluster) {
+            sparse_table_bytes += cluster;
+            if sparse_table_bytes > MAX_SPARSE_TABLE_BYTES {
+                return Err(format!(
+                    "its L1 table names more than {} GiB of L2 tables that lie in holes of the file (never written; L2 table {i} at {l2_off:#x} is one): reading them would cost as much as reading that much data",
+                    MAX_SPARSE_TABLE_BYTES >> 30
+                ));
+            }
             continue;
         }
         let l2 = read_table(l2_off, cluster, Meta::L2(i))?;
