@@ -130,6 +130,16 @@ pub struct BitmapsExtension {
     pub directory_offset: u64,
 }
 
+/// Most L1 entries accepted (QEMU's `QCOW_MAX_L1_SIZE`, 32 MiB of table): the table is read
+/// into memory, so a larger count is refused before anything is allocated.
+pub const MAX_L1_ENTRIES: u32 = (32 << 20) / 8;
+
+/// Largest refcount table accepted, in bytes (QEMU's `QCOW_MAX_REFTABLE_SIZE`).
+pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+
+/// Largest virtual size accepted: QEMU's block layer counts bytes in an `int64_t`.
+pub const MAX_VIRTUAL_SIZE: u64 = i64::MAX as u64;
+
 /// Largest bitmap directory read (QEMU's limit is 64 MiB; real ones are a few KiB).
 pub const MAX_BITMAP_DIRECTORY: u64 = 1 << 20;
 
@@ -170,13 +180,44 @@ pub enum HeaderError {
     #[error("header is cut short at offset {0:#x}")]
     Truncated(u64),
     /// A field holds a value the format does not allow.
-    #[error("invalid header field {field}: {value:#x}")]
+    #[error("invalid header field {field} at offset {at:#x}: {value:#x}")]
     Invalid {
         /// Field name as in qcow2.txt.
         field: &'static str,
+        /// Byte offset of the field in the file.
+        at: u64,
         /// The value found.
         value: u64,
     },
+    /// A header extension's length runs past the end of the first cluster, where QEMU
+    /// keeps all of them (past the end of the bytes read is [`HeaderError::Truncated`]).
+    #[error("header extension {kind:#x} at offset {at:#x} has length {len:#x}, running past {limit:#x} (the end of the first cluster)")]
+    ExtensionTooLong {
+        /// The extension type.
+        kind: u32,
+        /// Byte offset of the extension's type field.
+        at: u64,
+        /// The length it records.
+        len: u64,
+        /// Where its data must end at the latest.
+        limit: u64,
+    },
+    /// The backing file name holds bytes no plain file name should (NUL, control
+    /// characters, invalid UTF-8): QEMU stops at a NUL, so it and vmshift would read
+    /// different names.
+    #[error("backing file name at offset {at:#x} holds {what}: {name:?}")]
+    BadBackingName {
+        /// Byte offset of the name.
+        at: u64,
+        /// What is wrong with it.
+        what: &'static str,
+        /// The name, lossily decoded (Debug-escaped when displayed).
+        name: String,
+    },
+}
+
+fn invalid(field: &'static str, at: u64, value: u64) -> HeaderError {
+    HeaderError::Invalid { field, at, value }
 }
 
 impl Qcow2Header {
@@ -188,25 +229,17 @@ impl Qcow2Header {
         let u32_at = |o: usize| be32(buf, o).ok_or(HeaderError::Truncated(o as u64));
         let u64_at = |o: usize| be64(buf, o).ok_or(HeaderError::Truncated(o as u64));
         if buf.get(..4) != Some(b"QFI\xfb".as_slice()) {
-            return Err(HeaderError::Invalid {
-                field: "magic",
-                value: u64::from(u32_at(0)?),
-            });
+            return Err(invalid("magic", 0, u64::from(u32_at(0)?)));
         }
         let version = u32_at(4)?;
         if version != 2 && version != 3 {
-            return Err(HeaderError::Invalid {
-                field: "version",
-                value: u64::from(version),
-            });
+            return Err(invalid("version", 4, u64::from(version)));
         }
         let cluster_bits = u32_at(20)?;
         if !(9..=21).contains(&cluster_bits) {
-            return Err(HeaderError::Invalid {
-                field: "cluster_bits",
-                value: u64::from(cluster_bits),
-            });
+            return Err(invalid("cluster_bits", 20, u64::from(cluster_bits)));
         }
+        let cluster = 1u64 << cluster_bits;
         let mut h = Qcow2Header {
             version,
             cluster_bits,
@@ -220,6 +253,7 @@ impl Qcow2Header {
             refcount_order: 4,
             ..Default::default()
         };
+        h.check_tables()?;
         let mut ext_start = 72usize;
         if version == 3 {
             h.incompatible_features = u64_at(72)?;
@@ -227,36 +261,61 @@ impl Qcow2Header {
             h.autoclear_features = u64_at(88)?;
             h.refcount_order = u32_at(96)?;
             if h.refcount_order > 6 {
-                return Err(HeaderError::Invalid {
-                    field: "refcount_order",
-                    value: u64::from(h.refcount_order),
-                });
+                return Err(invalid("refcount_order", 96, u64::from(h.refcount_order)));
             }
-            let header_length = u32_at(100)? as usize;
-            if header_length < 104 || header_length > (1usize << cluster_bits) {
-                return Err(HeaderError::Invalid {
-                    field: "header_length",
-                    value: header_length as u64,
-                });
+            let header_length = u32_at(100)?;
+            if header_length < 104 || u64::from(header_length) > cluster {
+                return Err(invalid("header_length", 100, u64::from(header_length)));
             }
             if header_length > 104 {
                 h.compression_type = *buf.get(104).ok_or(HeaderError::Truncated(104))?;
             }
-            ext_start = header_length.next_multiple_of(8);
+            ext_start = (header_length as usize).next_multiple_of(8);
         }
         let backing_offset = u64_at(8)?;
         let backing_size = u32_at(16)?;
         if backing_offset != 0 && backing_size > 0 {
             if backing_size > 1023 {
-                return Err(HeaderError::Invalid {
-                    field: "backing_file_size",
-                    value: u64::from(backing_size),
-                });
+                return Err(invalid("backing_file_size", 16, u64::from(backing_size)));
             }
-            h.backing_file = Some(string_at(buf, backing_offset, u64::from(backing_size))?);
+            // QEMU reads the name from the first cluster only.
+            if backing_offset.saturating_add(u64::from(backing_size)) > cluster {
+                return Err(invalid("backing_file_offset", 8, backing_offset));
+            }
+            h.backing_file = Some(backing_name_at(buf, backing_offset, backing_size)?);
         }
         h.parse_extensions(buf, ext_start)?;
         Ok(h)
+    }
+
+    /// Refuses table sizes and offsets that would make a reader allocate from an untrusted
+    /// count or read tables that cannot exist: limits as QEMU's (qcow2.c, `validate_table_offset`).
+    fn check_tables(&self) -> Result<(), HeaderError> {
+        let cluster = self.cluster_size();
+        if self.size > MAX_VIRTUAL_SIZE {
+            return Err(invalid("size", 24, self.size));
+        }
+        if self.l1_size > MAX_L1_ENTRIES {
+            return Err(invalid("l1_size", 36, u64::from(self.l1_size)));
+        }
+        if !self.l1_table_offset.is_multiple_of(cluster) {
+            return Err(invalid("l1_table_offset", 40, self.l1_table_offset));
+        }
+        if !self.refcount_table_offset.is_multiple_of(cluster) {
+            return Err(invalid(
+                "refcount_table_offset",
+                48,
+                self.refcount_table_offset,
+            ));
+        }
+        if u64::from(self.refcount_table_clusters) * cluster > MAX_REFTABLE_BYTES {
+            return Err(invalid(
+                "refcount_table_clusters",
+                56,
+                u64::from(self.refcount_table_clusters),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads the header extensions from `ext_start` (type u32, length u32, data padded to
@@ -265,7 +324,8 @@ impl Qcow2Header {
         let u32_at = |o: usize| be32(buf, o).ok_or(HeaderError::Truncated(o as u64));
         let u64_at = |o: usize| be64(buf, o).ok_or(HeaderError::Truncated(o as u64));
         let mut off = ext_start;
-        let limit = (1usize << self.cluster_bits).min(buf.len());
+        let cluster = 1usize << self.cluster_bits;
+        let limit = cluster.min(buf.len());
         while off + 8 <= limit {
             let kind = u32_at(off)?;
             let len = u32_at(off + 4)? as usize;
@@ -276,6 +336,14 @@ impl Qcow2Header {
             let next = data
                 .checked_add(len.next_multiple_of(8))
                 .ok_or(HeaderError::Truncated(data as u64))?;
+            if data + len > cluster {
+                return Err(HeaderError::ExtensionTooLong {
+                    kind,
+                    at: off as u64,
+                    len: len as u64,
+                    limit: cluster as u64,
+                });
+            }
             if data + len > buf.len() {
                 return Err(HeaderError::Truncated(data as u64));
             }
@@ -371,6 +439,33 @@ fn be32(buf: &[u8], off: usize) -> Option<u32> {
 fn be64(buf: &[u8], off: usize) -> Option<u64> {
     let b = buf.get(off..off.checked_add(8)?)?;
     Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+/// The backing file name at `off`: refused when it holds a NUL or another control
+/// character (a newline would also split every message that names it) or is not UTF-8.
+fn backing_name_at(buf: &[u8], off: u64, len: u32) -> Result<String, HeaderError> {
+    let name = string_at(buf, off, u64::from(len))?;
+    let bytes = usize::try_from(off)
+        .ok()
+        .and_then(|o| buf.get(o..o + len as usize))
+        .ok_or(HeaderError::Truncated(off))?;
+    let what = if bytes.contains(&0) {
+        Some("a NUL byte")
+    } else if bytes.iter().any(|b| b.is_ascii_control()) {
+        Some("a control character")
+    } else if std::str::from_utf8(bytes).is_err() {
+        Some("bytes that are not UTF-8")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(HeaderError::BadBackingName {
+            at: off,
+            what,
+            name,
+        }),
+        None => Ok(name),
+    }
 }
 
 fn string_at(buf: &[u8], off: u64, len: u64) -> Result<String, HeaderError> {

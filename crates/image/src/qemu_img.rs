@@ -2,8 +2,10 @@
 //! separate `argv` entries (never a shell); file names go in as `json:` specifications or
 //! `./`-prefixed paths so that `:` and leading `-` are never read as protocols or options.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Counts from `qemu-img check --output=json`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,18 +37,53 @@ pub fn json_spec_qcow2_no_backing(path: &Path) -> String {
     format!("json:{v}")
 }
 
-/// Runs `qemu-img check` read-only with shared locks on a qcow2 file, backing disabled.
+/// How long `qemu-img check` may run. It reads every L2 table the image names, so a
+/// hostile sparse file can keep it busy for hours; a real image of many TiB takes seconds.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `qemu-img check` read-only with shared locks on a qcow2 file, backing disabled,
+/// for at most [`CHECK_TIMEOUT`].
 ///
 /// # Errors
-/// A one-line description when qemu-img cannot run or its output is not JSON.
+/// A one-line description when qemu-img cannot run, does not finish in time, or its
+/// output is not JSON.
 pub fn check(path: &Path) -> Result<CheckCounts, String> {
-    let out = Command::new("qemu-img")
+    check_within(path, CHECK_TIMEOUT)
+}
+
+/// [`check`] with another time limit; on expiry qemu-img is killed.
+///
+/// # Errors
+/// As [`check`].
+pub fn check_within(path: &Path, timeout: Duration) -> Result<CheckCounts, String> {
+    let mut child = Command::new("qemu-img")
         .args(["check", "-U", "--output=json"])
         .arg(json_spec_qcow2_no_backing(path))
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run qemu-img: {e} (install qemu-utils)"))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-        String::from_utf8_lossy(&out.stderr)
+    // Drained on threads so that a full pipe never stalls qemu-img while we wait.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("qemu-img check did not finish within {timeout:?}"));
+            }
+            Err(e) => return Err(format!("cannot wait for qemu-img: {e}")),
+        }
+    }
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|_| {
+        String::from_utf8_lossy(&stderr)
             .lines()
             .next()
             .unwrap_or("no output")
@@ -55,6 +92,17 @@ pub fn check(path: &Path) -> Result<CheckCounts, String> {
     Ok(CheckCounts {
         corruptions: v["corruptions"].as_u64().unwrap_or(0),
         leaks: v["leaks"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
     })
 }
 

@@ -3,6 +3,10 @@
 //! Every command carries an `id`; replies with another id (late answers to a command that
 //! timed out) are dropped, so a slow QEMU never desynchronises the stream. Events that arrive
 //! while waiting for a reply are queued and never cause an error, whatever their name or shape.
+//!
+//! The peer is not trusted to be QEMU: a line longer than [`MAX_LINE_BYTES`] ends the
+//! session instead of growing the buffer, and every wait (greeting, reply, write) has a
+//! deadline.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -17,6 +21,21 @@ use crate::error::QmpError;
 /// Default timeout for one command (seconds). QEMU's main loop can stall for many seconds
 /// when a write-blocking mirror waits on a slow target (case C25), so this is generous.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest QMP message accepted, newline excluded. QEMU's largest replies
+/// (`query-named-block-nodes` of a VM with hundreds of nodes) are a few MiB.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Most events kept queued: beyond it (or beyond [`MAX_QUEUED_EVENT_BYTES`]) the oldest are
+/// dropped and counted, so a peer that floods events cannot grow memory while the caller is
+/// busy. The live driver drains the queue every poll; QEMU sends a handful of events per job.
+pub const MAX_QUEUED_EVENTS: usize = 65_536;
+
+/// Most bytes of queued events, counted as the lines they arrived in.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 32 << 20;
+
+/// Bytes of a malformed message quoted in its error.
+const QUOTED_BYTES: usize = 120;
 
 /// One asynchronous QMP event, decoded leniently: any event name is accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +85,18 @@ impl Event {
 pub struct Qmp {
     stream: UnixStream,
     buf: Vec<u8>,
-    events: VecDeque<Event>,
+    /// Bytes at the start of `buf` already known to hold no newline.
+    scanned: usize,
+    /// Queued events with the length of the line each arrived in.
+    events: VecDeque<(Event, usize)>,
+    /// Sum of the line lengths in `events`.
+    queued_bytes: usize,
+    /// Length of the line [`Qmp::read_message`] returned last.
+    last_line_len: usize,
+    /// Events queued since connecting (dropped ones included).
+    events_received: u64,
+    /// Events dropped from the front of a full queue.
+    events_dropped: u64,
     next_id: u64,
     timeout: Duration,
     greeting: Value,
@@ -74,8 +104,19 @@ pub struct Qmp {
 
 impl Qmp {
     /// Connects to the QMP socket at `path`, retrying for up to `connect_timeout` while the
-    /// socket does not exist yet, reads the greeting and negotiates capabilities.
+    /// socket does not exist yet, reads the greeting and negotiates capabilities (replies
+    /// waited for [`DEFAULT_COMMAND_TIMEOUT`]).
     pub fn connect(path: &Path, connect_timeout: Duration) -> Result<Qmp, QmpError> {
+        Qmp::connect_with_timeout(path, connect_timeout, DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// [`Qmp::connect`] with the per-command reply timeout (see [`Qmp::set_timeout`]) in
+    /// force from `qmp_capabilities` on.
+    pub fn connect_with_timeout(
+        path: &Path,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + connect_timeout;
         let stream = loop {
             match UnixStream::connect(path) {
@@ -97,25 +138,46 @@ impl Qmp {
         let mut qmp = Qmp {
             stream,
             buf: Vec::new(),
+            scanned: 0,
             events: VecDeque::new(),
+            queued_bytes: 0,
+            last_line_len: 0,
+            events_received: 0,
+            events_dropped: 0,
             next_id: 1,
             timeout: DEFAULT_COMMAND_TIMEOUT,
             greeting: Value::Null,
         };
-        let until = Instant::now() + connect_timeout.max(Duration::from_secs(5));
+        qmp.set_timeout(command_timeout);
+        let waited = connect_timeout.max(Duration::from_secs(5));
+        let until = Instant::now() + waited;
         loop {
-            match qmp.read_message(until)? {
-                Some(m) if m.get("QMP").is_some() => {
+            match qmp.read_message(until) {
+                Ok(Some(m)) if m.get("QMP").is_some() => {
                     qmp.greeting = m;
                     break;
                 }
-                Some(m) => qmp.queue_if_event(m),
-                None => {
+                Ok(Some(m)) if m.get("event").is_some() => qmp.queue_if_event(m),
+                Ok(Some(m)) => {
+                    return Err(QmpError::Protocol(format!(
+                        "expected the QMP greeting from {}, got {}",
+                        path.display(),
+                        quote(m.to_string().as_bytes())
+                    )))
+                }
+                Ok(None) => {
                     return Err(QmpError::NoGreeting {
                         path: path.to_owned(),
-                        waited: connect_timeout.max(Duration::from_secs(5)),
+                        waited,
                     })
                 }
+                Err(QmpError::Closed) => {
+                    return Err(QmpError::ClosedBeforeGreeting {
+                        path: path.to_owned(),
+                        partial: quote(&qmp.buf),
+                    })
+                }
+                Err(e) => return Err(e),
             }
         }
         qmp.execute("qmp_capabilities", None)?;
@@ -149,7 +211,15 @@ impl Qmp {
         let mut line = serde_json::to_vec(&msg).map_err(|e| QmpError::Protocol(e.to_string()))?;
         line.push(b'\n');
         tracing::trace!(%msg, "qmp send");
-        self.stream.write_all(&line)?;
+        // A peer that stops reading must not block us past the reply timeout either.
+        self.stream.set_write_timeout(Some(self.timeout))?;
+        self.stream.write_all(&line).map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => QmpError::Timeout {
+                command: command.to_owned(),
+                timeout: self.timeout,
+            },
+            _ => e.into(),
+        })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let Some(m) = self.read_message(deadline)? else {
@@ -162,6 +232,8 @@ impl Qmp {
                 self.queue_if_event(m);
                 continue;
             }
+            // Never take another command's answer for this one: a reply with another id
+            // (or none) is a late answer to a command that timed out, or garbage.
             if m.get("id").and_then(Value::as_u64) != Some(id) {
                 tracing::debug!(%m, "dropping QMP reply to an earlier command");
                 continue;
@@ -178,7 +250,8 @@ impl Qmp {
                 });
             }
             return Err(QmpError::Protocol(format!(
-                "reply without return or error: {m}"
+                "reply to {command} without return or error: {}",
+                quote(m.to_string().as_bytes())
             )));
         }
     }
@@ -192,8 +265,8 @@ impl Qmp {
     /// as soon as at least one new event was queued (or the timeout expired).
     pub fn pump(&mut self, timeout: Duration) -> Result<(), QmpError> {
         let deadline = Instant::now() + timeout;
-        let before = self.events.len();
-        while self.events.len() == before {
+        let before = self.events_received;
+        while self.events_received == before {
             match self.read_message(deadline)? {
                 Some(m) => self.queue_if_event(m),
                 None => break,
@@ -204,7 +277,8 @@ impl Qmp {
 
     /// Removes and returns every queued event, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
-        self.events.drain(..).collect()
+        self.queued_bytes = 0;
+        self.events.drain(..).map(|(e, _)| e).collect()
     }
 
     /// Waits up to `timeout` for a queued or new event matching `pred`, removes and returns it.
@@ -217,42 +291,80 @@ impl Qmp {
         let deadline = Instant::now() + timeout;
         let mut scanned = 0;
         loop {
-            if let Some(i) = self.events.iter().skip(scanned).position(&mut pred) {
-                return Ok(self.events.remove(scanned + i));
+            if let Some(i) = self.events.iter().skip(scanned).position(|(e, _)| pred(e)) {
+                return Ok(self.events.remove(scanned + i).map(|(e, len)| {
+                    self.queued_bytes -= len;
+                    e
+                }));
             }
             scanned = self.events.len();
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
+            let dropped = self.events_dropped;
             self.pump(deadline - now)?;
+            // Events dropped from the front shift the ones not yet scanned.
+            let shift = usize::try_from(self.events_dropped - dropped).unwrap_or(usize::MAX);
+            scanned = scanned.saturating_sub(shift);
         }
+    }
+
+    /// Events dropped because [`MAX_QUEUED_EVENTS`] were already queued.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
     }
 
     fn queue_if_event(&mut self, m: Value) {
         match Event::from_message(m, Instant::now()) {
             Some(e) => {
                 tracing::debug!(event = %e.name, data = %e.data, "qmp event");
-                self.events.push_back(e);
+                let len = self.last_line_len;
+                while self.events.len() >= MAX_QUEUED_EVENTS
+                    || (!self.events.is_empty() && self.queued_bytes + len > MAX_QUEUED_EVENT_BYTES)
+                {
+                    if self.events_dropped == 0 {
+                        tracing::warn!("too many QMP events queued: dropping the oldest");
+                    }
+                    if let Some((_, old)) = self.events.pop_front() {
+                        self.queued_bytes -= old;
+                    }
+                    self.events_dropped += 1;
+                }
+                self.events.push_back((e, len));
+                self.queued_bytes += len;
+                self.events_received += 1;
             }
             None => tracing::debug!("ignoring unexpected QMP message"),
         }
     }
 
     /// Next complete JSON message, or `None` when `deadline` passes first.
+    ///
+    /// # Errors
+    /// [`QmpError::LineTooLong`] when [`MAX_LINE_BYTES`] arrive without a newline (the
+    /// buffer never grows past that), [`QmpError::Protocol`] for a line that is not JSON,
+    /// [`QmpError::Closed`] at end of stream.
     fn read_message(&mut self, deadline: Instant) -> Result<Option<Value>, QmpError> {
         loop {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            if let Some(nl) = self.next_newline() {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                self.scanned = 0;
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim();
                 if text.is_empty() {
                     continue;
                 }
                 tracing::trace!(msg = %text, "qmp recv");
+                self.last_line_len = line.len();
                 return serde_json::from_str(text)
                     .map(Some)
-                    .map_err(|e| QmpError::Protocol(format!("{e}: {text}")));
+                    .map_err(|e| QmpError::Protocol(format!("{e} in {}", quote(text.as_bytes()))));
+            }
+            if self.buf.len() > MAX_LINE_BYTES {
+                return Err(QmpError::LineTooLong {
+                    limit: MAX_LINE_BYTES,
+                });
             }
             let now = Instant::now();
             if now >= deadline {
@@ -263,7 +375,7 @@ impl Qmp {
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(QmpError::Closed),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.append(&chunk[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -273,6 +385,45 @@ impl Qmp {
             }
         }
     }
+
+    /// Index of the first newline in `buf`, scanning only bytes not scanned before (a long
+    /// line arriving in small reads stays linear).
+    fn next_newline(&mut self) -> Option<usize> {
+        let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+        match found {
+            Some(i) => Some(self.scanned + i),
+            None => {
+                self.scanned = self.buf.len();
+                None
+            }
+        }
+    }
+
+    /// Appends bytes read, growing the buffer by doubling but never beyond one maximal
+    /// line and one read.
+    fn append(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            let cap = (self.buf.capacity() * 2)
+                .min(MAX_LINE_BYTES + 65536)
+                .max(needed);
+            self.buf.reserve_exact(cap - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+/// The first [`QUOTED_BYTES`] of a message for an error, escaped so that it stays on one
+/// line whatever the peer sent.
+fn quote(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(QUOTED_BYTES)];
+    let text = String::from_utf8_lossy(head);
+    let more = if bytes.len() > QUOTED_BYTES {
+        format!("… ({} bytes)", bytes.len())
+    } else {
+        String::new()
+    };
+    format!("{:?}{more}", text)
 }
 
 #[cfg(test)]

@@ -37,6 +37,20 @@ pub enum QmpError {
         /// How long the greeting was waited for.
         waited: Duration,
     },
+    /// The peer closed the connection before a whole greeting line arrived.
+    #[error("{path} closed the connection before a complete QMP greeting (got {partial}): it is not a QEMU monitor, or QEMU quit")]
+    ClosedBeforeGreeting {
+        /// The socket path.
+        path: PathBuf,
+        /// The start of what arrived, quoted.
+        partial: String,
+    },
+    /// A message ran past [`crate::client::MAX_LINE_BYTES`] without a newline.
+    #[error("QMP message longer than {} MiB without a newline: the socket is not a QEMU monitor, or QEMU misbehaves", limit >> 20)]
+    LineTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A message was not valid JSON or not a QMP message.
     #[error("malformed QMP message: {0}")]
     Protocol(String),
