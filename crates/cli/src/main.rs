@@ -30,8 +30,11 @@ fn main() {
         Err(e) => usage_error(e),
     };
     // Ctrl-C / SIGTERM: the jobs stop at the next chunk boundary (or poll); an offline job
-    // keeps its journaled partial target for `vmshift resume`.
-    let _ = ctrlc::set_handler(render::interrupt_all);
+    // keeps its journaled partial target for `vmshift resume`. Commands that run no job
+    // (info, check, jobs, status, …) keep the default: a signal ends them at once.
+    if runs_jobs(&cli.command) {
+        let _ = ctrlc::set_handler(render::interrupt_all);
+    }
     // A config that does not load stops the command before any job starts.
     let notifier = match notify::start(&cli) {
         Ok(n) => n,
@@ -129,6 +132,20 @@ fn run(
         Command::Serve { listen } => serve(listen.clone(), config),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man { dir } => docs::man(dir),
+    }
+}
+
+/// Whether `command` runs jobs that a signal should interrupt rather than kill.
+fn runs_jobs(command: &Command) -> bool {
+    match command {
+        Command::Info { .. }
+        | Command::Check(..)
+        | Command::Status { .. }
+        | Command::Datastores { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => false,
+        Command::Jobs { action, .. } => action.is_some(),
+        _ => true,
     }
 }
 

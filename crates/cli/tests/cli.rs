@@ -215,6 +215,37 @@ fn sigterm_mid_copy_stops_and_leaves_no_target_under_its_final_name() {
 }
 
 #[test]
+fn a_signal_ends_a_command_that_runs_no_job_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let ws = Ws::new();
+    let img = ws.path("d.raw");
+    std::fs::write(&img, random_bytes(1 << 20, 5)).unwrap();
+    let (code, _, _) = ws.migrate(&img, &ws.mkdir("dst"), &[]);
+    assert_eq!(code, 0);
+    // Another process holds the journal: `jobs` waits for it (up to SQLite's busy timeout).
+    let held = rusqlite::Connection::open(ws.path("state/journal.sqlite")).unwrap();
+    held.execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("vmshift"))
+        .arg("jobs")
+        .env("VMSHIFT_STATE_DIR", ws.path("state"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    run("kill", &["-TERM", &child.id().to_string()]);
+    let status = child.wait().unwrap();
+    // SIGTERM kills it (the jobs' interrupt handler is only for commands that run jobs).
+    assert_eq!(status.signal(), Some(SIGTERM), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    drop(held);
+}
+
+/// SIGTERM's number on Linux.
+const SIGTERM: i32 = 15;
+
+#[test]
 fn demo_runs_the_main_job_on_a_sample_vm_disk() {
     let ws = Ws::new();
     let out = ws
