@@ -8,7 +8,8 @@ use vmshift_runner::{DomainRequest, JobRequest, LiveRequest, OfflineRequest};
 #[derive(Debug, Parser)]
 #[command(name = "vmshift", version, about, long_about = None)]
 pub struct Cli {
-    /// Config file (TOML): `serve` reads all of it, `datastores` its datastores; its [notify] table sends notifications
+    /// Config file (TOML): `serve` reads all of it, `datastores`, `evacuate`, `check` and
+    /// `migrate` its datastores (`--to NAME`); its [notify] table sends notifications
     /// for the jobs that serve, migrate, resume, rollback, cancel and demo run (default:
     /// $VMSHIFT_CONFIG, else /etc/vmshift/config.toml when it exists).
     #[arg(long, global = true, value_name = "FILE")]
@@ -291,8 +292,13 @@ pub struct MigrateArgs {
     /// Live migration options (`--qmp SOCKET` moves the disks of a running QEMU).
     #[command(flatten)]
     pub live: LiveFlags,
-    /// Destination: an existing directory (the image keeps its file name) or a file path.
-    #[arg(long, required_unless_present = "pool")]
+    /// Destination: an existing directory (the image keeps its file name), a file path, or
+    /// the name of a datastore in the config file (its root).
+    #[arg(
+        long,
+        required_unless_present = "pool",
+        value_name = "DIR|FILE|DATASTORE"
+    )]
     pub to: Option<PathBuf>,
     /// Target format (default: the source's).
     #[arg(long, value_enum)]

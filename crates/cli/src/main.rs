@@ -56,7 +56,18 @@ fn run(
     notifier: Option<&vmshift_notify::Notifier>,
     config: Option<std::path::PathBuf>,
 ) -> anyhow::Result<i32> {
-    let runner = Runner::new();
+    // Commands whose `--to` may name a datastore know the configured ones.
+    let runner = match command {
+        Command::Check(_) | Command::Migrate(_) => match config.as_deref() {
+            Some(p) => Runner::with_datastores(
+                vmshift_server::config::ConfigFile::read(p)
+                    .map_err(anyhow::Error::msg)?
+                    .datastores,
+            ),
+            None => Runner::new(),
+        },
+        _ => Runner::new(),
+    };
     let follow = |h: vmshift_runner::Result<JobHandle>, json: bool| -> anyhow::Result<i32> {
         Ok(render::follow(h?, json, notifier)?.code)
     };
