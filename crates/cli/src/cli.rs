@@ -137,6 +137,39 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Plan moving every image off a datastore (`--plan`): which images move together
+    /// (backing chains, a libvirt domain's disks), where each goes, in which wave, what
+    /// cannot move and why, and each datastore's free space before and after.
+    ///
+    /// Running the evacuation is not available yet: only `--plan`.
+    Evacuate {
+        /// The datastore to empty: its name in the config file, or its root.
+        #[arg(value_name = "SOURCE_DS")]
+        source: String,
+        /// Target datastores, comma-separated names, or `auto`: every other configured one.
+        #[arg(
+            long,
+            value_name = "DS[,DS...]|auto",
+            value_delimiter = ',',
+            required = true
+        )]
+        to: Vec<String>,
+        /// Print the plan; move nothing.
+        #[arg(long)]
+        plan: bool,
+        /// Print the plan as one JSON object (sizes in bytes, latency in µs).
+        #[arg(long)]
+        json: bool,
+        /// Most moves at once on this host (default 2).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+        max_parallel: Option<u32>,
+        /// Keep the source images after their moves (the source's free space stays as is).
+        #[arg(long)]
+        keep_source: bool,
+        /// libvirt URI whose domains are grouped (default qemu:///system).
+        #[arg(long, value_name = "URI")]
+        connect: Option<String>,
+    },
     /// Show one job (id or unique prefix) with its phase history.
     Status {
         /// Job id or a unique prefix of it.

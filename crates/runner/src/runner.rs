@@ -76,6 +76,21 @@ impl Runner {
         crate::datastore::resolve_request(request, &self.datastores).map_err(RunnerError::Refused)
     }
 
+    /// The plan of a datastore evacuation over the configured datastores (see
+    /// [`crate::evacuate::plan::build`]): nothing is moved.
+    ///
+    /// # Errors
+    /// [`RunnerError::Refused`]: a datastore named is not configured; the state directory
+    /// cannot be created.
+    pub fn evacuation_plan(
+        &self,
+        request: &crate::evacuate::EvacuateRequest,
+    ) -> Result<crate::evacuate::EvacuationPlan> {
+        let state = crate::state::state_dir()?;
+        let state = std::fs::canonicalize(&state).unwrap_or(state);
+        crate::evacuate::build(request, &self.datastores, &state)
+    }
+
     /// The check phase alone: what the job would do, with every problem. No side effects
     /// (an offline check may create and remove one probe file at the destination).
     ///

@@ -11,4 +11,4 @@ mod usage;
 pub use config::{DatastoreConfig, DatastoreKind};
 pub use probe::{latency, probe, Latency, ProbeMethod, LATENCY_CACHE_FILE, LATENCY_MAX_AGE};
 pub use resolve::{resolve_request, resolve_to};
-pub use usage::{usage, Usage};
+pub use usage::{images, usage, Usage};
