@@ -599,3 +599,37 @@ impl UnionFind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_find_joins_chains_and_domains_into_one_set() {
+        let mut u = UnionFind::new(5);
+        u.union(3, 1);
+        u.union(1, 4);
+        assert_eq!(u.find(4), u.find(3));
+        assert_eq!(u.find(4), 1);
+        assert_ne!(u.find(0), u.find(1));
+        assert_eq!(u.find(2), 2);
+    }
+
+    #[test]
+    fn an_unknown_source_is_refused_naming_the_configured_datastores() {
+        let d = tempfile::tempdir().unwrap();
+        let r = EvacuateRequest {
+            source: "nosuch".into(),
+            to: vec![],
+            max_parallel: None,
+            keep_source: false,
+            connect: None,
+        };
+        let e = build(&r, &[], d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("\"nosuch\" is not configured (none are configured"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+    }
+}
