@@ -248,7 +248,9 @@ pub fn build(
             continue;
         }
         for p in datastore::images(&root, Some(state_dir)) {
-            for b in inspect(&p, &source_root).backing_here {
+            // By the names in the headers, not through inspection: its gate follows
+            // backing names only inside the overlay's own datastore, and this one is not.
+            for b in recorded_backing(&p) {
                 if let Some(&j) = index.get(&b) {
                     stays
                         .entry(j)
@@ -578,6 +580,43 @@ fn inspect(path: &Path, source_root: &Path) -> Found {
     }
 }
 
+/// The backing files `path` names, layer by layer (up to 16), as canonical paths: read
+/// from the qcow2 headers' backing names only, never opened as images.
+fn recorded_backing(path: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut cur = path.to_path_buf();
+    for _ in 0..16 {
+        let Some(name) = backing_name(&cur) else {
+            break;
+        };
+        let dir = cur.parent().unwrap_or(Path::new("/"));
+        let Ok(next) = std::fs::canonicalize(dir.join(name)) else {
+            break;
+        };
+        if out.contains(&next) {
+            break;
+        }
+        out.push(next.clone());
+        cur = next;
+    }
+    out
+}
+
+/// The backing file name a qcow2 header records (it lies in the first cluster, ≤ 2 MiB;
+/// the first 64 KiB hold it for every image qemu-img makes).
+fn backing_name(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_end(&mut head)
+        .ok()?;
+    vmshift_image::header::Qcow2Header::parse(&head)
+        .ok()?
+        .backing_file
+}
+
 /// Disjoint sets over `0..n`.
 struct UnionFind(Vec<usize>);
 
@@ -603,6 +642,40 @@ impl UnionFind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_backing_follows_header_names_across_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let (x, y) = (d.path().join("x/deep"), d.path().join("y"));
+        std::fs::create_dir_all(&x).unwrap();
+        std::fs::create_dir_all(&y).unwrap();
+        let base = y.join("base.qcow2");
+        let top = x.join("top.qcow2");
+        let ok = |args: &[&str]| {
+            assert!(std::process::Command::new("qemu-img")
+                .args(args)
+                .status()
+                .unwrap()
+                .success());
+        };
+        ok(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "1M"]);
+        ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "../../y/base.qcow2",
+            "-F",
+            "qcow2",
+            top.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            recorded_backing(&top),
+            vec![std::fs::canonicalize(&base).unwrap()]
+        );
+        assert!(recorded_backing(&base).is_empty());
+    }
 
     #[test]
     fn union_find_joins_chains_and_domains_into_one_set() {
