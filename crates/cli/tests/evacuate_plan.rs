@@ -85,8 +85,11 @@ fn evacuate(s: &Setup, args: &[&str]) -> Output {
         .arg(&s.config)
         .arg("evacuate")
         .args(args)
-        // No libvirt daemon is consulted: the URI answers nowhere.
-        .args(["--connect", "test:///nonexistent-vmshift"])
+        // No libvirt daemon is consulted: nothing listens on that socket.
+        .args([
+            "--connect",
+            "qemu+unix:///system?socket=/nonexistent/vmshift-libvirt",
+        ])
         .output()
         .unwrap()
 }
@@ -265,7 +268,7 @@ fn json_is_one_object_with_the_plan_fields() {
         "stays: backing file of",
         "huge.raw",
         "FREE AFTER",
-        "libvirt not consulted",
+        "libvirt: not consulted",
         "plan only",
     ] {
         assert!(text.contains(want), "{want}: {text}");

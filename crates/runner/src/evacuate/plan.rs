@@ -292,9 +292,7 @@ pub fn build(
         }
         Err(why) => LibvirtView {
             reachable: false,
-            note: format!(
-                "libvirt not consulted ({why}): images are grouped by backing chain only"
-            ),
+            note: format!("not consulted, images grouped by backing chain only: {why}"),
         },
     };
 
