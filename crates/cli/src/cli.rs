@@ -8,7 +8,8 @@ use vmshift_runner::{DomainRequest, JobRequest, LiveRequest, OfflineRequest};
 #[derive(Debug, Parser)]
 #[command(name = "vmshift", version, about, long_about = None)]
 pub struct Cli {
-    /// Config file (TOML): `serve` reads all of it, `datastores` its datastores; its [notify] table sends notifications
+    /// Config file (TOML): `serve` reads all of it, `datastores`, `evacuate`, `check` and
+    /// `migrate` its datastores (`--to NAME`); its [notify] table sends notifications
     /// for the jobs that serve, migrate, resume, rollback, cancel and demo run (default:
     /// $VMSHIFT_CONFIG, else /etc/vmshift/config.toml when it exists).
     #[arg(long, global = true, value_name = "FILE")]
@@ -135,6 +136,39 @@ pub enum Command {
         /// Measure every latency now instead of reusing one younger than 10 minutes.
         #[arg(long)]
         probe: bool,
+    },
+    /// Plan moving every image off a datastore (`--plan`): which images move together
+    /// (backing chains, a libvirt domain's disks), where each goes, in which wave, what
+    /// cannot move and why, and each datastore's free space before and after.
+    ///
+    /// Running the evacuation is not available yet: only `--plan`.
+    Evacuate {
+        /// The datastore to empty: its name in the config file, or its root.
+        #[arg(value_name = "SOURCE_DS")]
+        source: String,
+        /// Target datastores, comma-separated names, or `auto`: every other configured one.
+        #[arg(
+            long,
+            value_name = "DS[,DS...]|auto",
+            value_delimiter = ',',
+            required = true
+        )]
+        to: Vec<String>,
+        /// Print the plan; move nothing.
+        #[arg(long)]
+        plan: bool,
+        /// Print the plan as one JSON object (sizes in bytes, latency in µs).
+        #[arg(long)]
+        json: bool,
+        /// Most moves at once on this host (default 2).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+        max_parallel: Option<u32>,
+        /// Keep the source images after their moves (the source's free space stays as is).
+        #[arg(long)]
+        keep_source: bool,
+        /// libvirt URI whose domains are grouped (default qemu:///system).
+        #[arg(long, value_name = "URI")]
+        connect: Option<String>,
     },
     /// Show one job (id or unique prefix) with its phase history.
     Status {
@@ -291,8 +325,13 @@ pub struct MigrateArgs {
     /// Live migration options (`--qmp SOCKET` moves the disks of a running QEMU).
     #[command(flatten)]
     pub live: LiveFlags,
-    /// Destination: an existing directory (the image keeps its file name) or a file path.
-    #[arg(long, required_unless_present = "pool")]
+    /// Destination: an existing directory (the image keeps its file name), a file path, or
+    /// the name of a datastore in the config file (its root).
+    #[arg(
+        long,
+        required_unless_present = "pool",
+        value_name = "DIR|FILE|DATASTORE"
+    )]
     pub to: Option<PathBuf>,
     /// Target format (default: the source's).
     #[arg(long, value_enum)]

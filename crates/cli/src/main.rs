@@ -5,6 +5,7 @@
 mod cli;
 mod datastores;
 mod docs;
+mod evacuate;
 mod info;
 mod jobs;
 mod notify;
@@ -59,7 +60,20 @@ fn run(
     notifier: Option<&vmshift_notify::Notifier>,
     config: Option<std::path::PathBuf>,
 ) -> anyhow::Result<i32> {
-    let runner = Runner::new();
+    // Commands whose `--to` may name a datastore know the configured ones.
+    let runner = match command {
+        Command::Check(_) | Command::Migrate(_) | Command::Evacuate { .. } => {
+            match config.as_deref() {
+                Some(p) => Runner::with_datastores(
+                    vmshift_server::config::ConfigFile::read(p)
+                        .map_err(anyhow::Error::msg)?
+                        .datastores,
+                ),
+                None => Runner::new(),
+            }
+        }
+        _ => Runner::new(),
+    };
     let follow = |h: vmshift_runner::Result<JobHandle>, json: bool| -> anyhow::Result<i32> {
         Ok(render::follow(h?, json, notifier)?.code)
     };
@@ -118,6 +132,24 @@ fn run(
             &jobs::Filter::new(*all, status.clone(), since.as_deref())?,
             *json,
         ),
+        Command::Evacuate {
+            source,
+            to,
+            plan,
+            json,
+            max_parallel,
+            keep_source,
+            connect,
+        } => {
+            let request = vmshift_runner::evacuate::EvacuateRequest {
+                source: source.clone(),
+                to: to.clone(),
+                max_parallel: *max_parallel,
+                keep_source: *keep_source,
+                connect: connect.clone(),
+            };
+            evacuate::run(&runner, &request, *plan, *json)
+        }
         Command::Status { job, json } => jobs::run_status(job, *json),
         Command::Datastores { json, probe } => datastores::run(config.as_deref(), *json, *probe),
         Command::Resume {

@@ -231,3 +231,72 @@ fn no_datastores_configured_is_an_empty_list() {
     let out = datastores(&ws, &config, &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no datastores configured"));
 }
+
+/// `--to NAME`: a configured datastore's name stands for its root.
+#[test]
+fn migrate_to_a_datastore_name_lands_in_its_root_verified() {
+    let ws = Ws::new();
+    let (src, fast) = (ws.mkdir("src"), ws.mkdir("fast-root"));
+    let img = src.join("web01.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&img), "64M"]);
+    qemu_io("qcow2", &img, &["write -P 0x3c 1M 3M"]);
+    let config = ws.path("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "datastores = [{{ name = \"fast\", root = {:?} }}, {:?}]\n",
+            p(&fast),
+            p(&src)
+        ),
+    )
+    .unwrap();
+    // Run from the workspace, where no directory is called `fast`.
+    let out = ws
+        .vmshift()
+        .current_dir(ws.path(""))
+        .arg("--config")
+        .arg(&config)
+        .args(["migrate", p(&img), "--to", "fast", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = last_report(&out);
+    let target = fast.join("web01.qcow2");
+    assert_eq!(report["destination"]["path"], p(&target), "{report}");
+    assert_eq!(report["verification"]["result"], "match", "{report}");
+    assert_same_image(&img, &target);
+}
+
+#[test]
+fn an_unknown_datastore_name_is_refused_in_one_line_naming_the_configured_ones() {
+    let ws = Ws::new();
+    let (src, fast) = (ws.mkdir("src"), ws.mkdir("fast-root"));
+    let img = src.join("web01.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p(&img), "64M"]);
+    let config = ws.path("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "datastores = [{{ name = \"fast\", root = {:?} }}, {{ name = \"slow\", root = {:?} }}]\n",
+            p(&fast),
+            p(&src)
+        ),
+    )
+    .unwrap();
+    for cmd in ["migrate", "check"] {
+        let out = ws
+            .vmshift()
+            .current_dir(ws.path(""))
+            .arg("--config")
+            .arg(&config)
+            .args([cmd, p(&img), "--to", "fsat"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+        assert!(err.contains("\"fsat\""), "{err}");
+        assert!(err.contains("configured: fast, slow"), "{err}");
+        assert!(listing(&fast).is_empty(), "{:?}", listing(&fast));
+    }
+}

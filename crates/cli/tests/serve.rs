@@ -905,3 +905,59 @@ fn an_image_whose_backing_file_lies_outside_the_datastores_is_refused() {
     let (_, jobs) = svc.get("/api/v1/jobs?all=true");
     assert_eq!(jobs, json!([]));
 }
+
+/// `to` may name a configured datastore over HTTP too: the runner resolves it before the
+/// service checks the paths.
+#[test]
+fn a_requests_to_may_name_a_datastore_and_an_unknown_name_is_a_400() {
+    let ws = Ws::new();
+    let root = ws.dir.path();
+    let store = root.join("store");
+    let fast = root.join("fast");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&fast).unwrap();
+    let config = serve_support::write_config(root, &store, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let named = format!(
+        "datastores = [{{ name = \"store\", root = {:?} }}, {{ name = \"fast\", root = {:?} }}]",
+        p(&store),
+        p(&fast)
+    );
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("datastores") {
+                named.as_str()
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text + "\n").unwrap();
+    let svc = Service::start_with(root, &config, &store);
+    let img = image(&svc, "disk.qcow2", 64, 4);
+    let (s, plan) = svc.post(
+        "/api/v1/check",
+        &json!({"kind": "offline", "source": img, "to": "fast"}),
+    );
+    assert_eq!(s, 200, "{plan}");
+    assert_eq!(plan["go"], true, "{plan}");
+    let target = p(&fast.join("disk.qcow2")).to_string();
+    assert!(
+        plan["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains(&target)),
+        "{plan}"
+    );
+    let (s, v) = svc.post(
+        "/api/v1/jobs",
+        &json!({"kind": "offline", "source": img, "to": "nosuch"}),
+    );
+    assert_eq!(s, 400, "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("\"nosuch\""), "{detail}");
+    assert!(detail.contains("configured: store, fast"), "{detail}");
+}

@@ -144,6 +144,23 @@ impl Libvirt {
         })
     }
 
+    /// Every domain of the connection, running or defined (`virConnectListAllDomains`).
+    ///
+    /// # Errors
+    /// The call fails.
+    pub fn domains(&self) -> Result<Vec<DomainRef>, LibvirtError> {
+        let doms = self
+            .conn
+            .list_all_domains(0)
+            .map_err(api("listing the domains"))?;
+        doms.into_iter()
+            .map(|dom| {
+                let name = dom.get_name().map_err(api("a domain's name"))?;
+                Ok(DomainRef { dom, name })
+            })
+            .collect()
+    }
+
     /// Defines (or redefines) a persistent domain from `xml` (`virDomainDefineXML`).
     ///
     /// # Errors

@@ -22,6 +22,10 @@ pub enum RunnerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The request cannot be run as written (a destination that is neither a path nor a
+    /// configured datastore): nothing was started. Front ends exit 2 / answer 400.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else, as one line.
     #[error("{0}")]
     Other(String),

@@ -43,6 +43,7 @@ pub mod datastore;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod evacuate;
 pub mod event;
 pub mod files;
 pub mod handle;

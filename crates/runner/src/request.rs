@@ -114,7 +114,8 @@ pub struct OfflineRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub source: PathBuf,
     /// Destination: an existing directory (the image keeps its file name, the extension
-    /// follows the format) or a file path.
+    /// follows the format), a file path, or a configured datastore's name (its root; see
+    /// [`crate::Runner::resolve`]).
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub to: PathBuf,
     /// Target format; `None`: the source's (or the one `to`'s file name asks for).
@@ -208,7 +209,8 @@ pub struct LiveRequest {
     /// The VM's QMP socket (`-qmp unix:SOCKET,server=on,wait=off`).
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub qmp: PathBuf,
-    /// Destination directory; each target keeps its source's file name.
+    /// Destination directory, or a configured datastore's name (its root); each target keeps
+    /// its source's file name.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub to: PathBuf,
     /// Disks to move (device id, qdev path or node name); empty: every writable disk.
@@ -273,7 +275,8 @@ pub struct DomainRequest {
     /// libvirt URI; `None`: `$LIBVIRT_DEFAULT_URI`, else `qemu:///system` (as virsh).
     #[serde(default)]
     pub connect: Option<String>,
-    /// Destination directory (each disk keeps its file name). Exactly one of `to`, `pool`.
+    /// Destination directory or a configured datastore's name (each disk keeps its file
+    /// name). Exactly one of `to`, `pool`.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub to: Option<PathBuf>,

@@ -44,20 +44,61 @@ impl Plan {
 /// Starts and steers jobs. Cheap to create; holds no state of its own beyond the state
 /// directory's journal, so a job started by one process can be steered from another.
 #[derive(Debug, Clone, Default)]
-pub struct Runner {}
+pub struct Runner {
+    /// The configured datastores: a request's `to` may name one.
+    datastores: Vec<crate::datastore::DatastoreConfig>,
+}
 
 impl Runner {
     /// A runner over the state directory (see the crate docs).
     pub fn new() -> Self {
-        Runner {}
+        Runner::default()
+    }
+
+    /// A runner that knows the configured `datastores`, so a request's destination may be
+    /// a datastore's name (`--to fast`).
+    pub fn with_datastores(datastores: Vec<crate::datastore::DatastoreConfig>) -> Self {
+        Runner { datastores }
+    }
+
+    /// The configured datastores.
+    pub fn datastores(&self) -> &[crate::datastore::DatastoreConfig] {
+        &self.datastores
+    }
+
+    /// `request` with its destination resolved: a datastore's name becomes its root (see
+    /// [`crate::datastore::resolve_to`]). [`Runner::check`] and [`Runner::start`] do this
+    /// themselves; a front end that checks paths first (the service's gate) calls it before.
+    ///
+    /// # Errors
+    /// [`RunnerError::Refused`]: the destination is neither a path nor a datastore's name.
+    pub fn resolve(&self, request: &JobRequest) -> Result<JobRequest> {
+        crate::datastore::resolve_request(request, &self.datastores).map_err(RunnerError::Refused)
+    }
+
+    /// The plan of a datastore evacuation over the configured datastores (see
+    /// [`crate::evacuate::plan::build`]): nothing is moved.
+    ///
+    /// # Errors
+    /// [`RunnerError::Refused`]: a datastore named is not configured; the state directory
+    /// cannot be created.
+    pub fn evacuation_plan(
+        &self,
+        request: &crate::evacuate::EvacuateRequest,
+    ) -> Result<crate::evacuate::EvacuationPlan> {
+        let state = crate::state::state_dir()?;
+        let state = std::fs::canonicalize(&state).unwrap_or(state);
+        crate::evacuate::build(request, &self.datastores, &state)
     }
 
     /// The check phase alone: what the job would do, with every problem. No side effects
     /// (an offline check may create and remove one probe file at the destination).
     ///
     /// # Errors
-    /// A live check's QEMU cannot be reached.
+    /// A live check's QEMU cannot be reached; the destination names no datastore
+    /// ([`RunnerError::Refused`]).
     pub fn check(&self, request: &JobRequest) -> Result<Plan> {
+        let request = &self.resolve(request)?;
         Ok(match request {
             JobRequest::Offline(r) => {
                 Plan::Offline(Box::new(crate::offline::check::check_with(r, None)))
@@ -76,8 +117,10 @@ impl Runner {
     /// Starts a job on a thread of its own. Its bandwidth limit starts at the request's.
     ///
     /// # Errors
-    /// The job's thread cannot be started.
+    /// The job's thread cannot be started; the destination names no datastore
+    /// ([`RunnerError::Refused`]).
     pub fn start(&self, request: JobRequest) -> Result<JobHandle> {
+        let request = self.resolve(&request)?;
         let id = JobId::new().0;
         let control = JobControl::default();
         match request {

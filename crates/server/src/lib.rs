@@ -117,7 +117,7 @@ pub fn serve(opts: &ServeOptions, observers: Vec<Observer>) -> Result<(), String
     let metrics = Arc::new(metrics::Metrics::default());
     let tracker = Arc::new(tracked::Tracker::new(metrics.clone(), observers));
     let state = Arc::new(AppState {
-        runner: vmshift_runner::Runner::new(),
+        runner: vmshift_runner::Runner::with_datastores(cfg.named_datastores.clone()),
         tracker: tracker.clone(),
         metrics,
         gate,

@@ -68,7 +68,7 @@ impl IntoResponse for Problem {
     }
 }
 
-/// A runner error as a problem: an unknown job is 404, everything else 500.
+/// A runner error as a problem: an unknown job is 404, an ambiguous one or a refused request 400, everything else 500.
 impl From<vmshift_runner::RunnerError> for Problem {
     fn from(e: vmshift_runner::RunnerError) -> Problem {
         use vmshift_journal::JournalError;
@@ -79,6 +79,7 @@ impl From<vmshift_runner::RunnerError> for Problem {
             vmshift_runner::RunnerError::Journal(JournalError::Ambiguous { .. }) => {
                 Problem::bad_request(e.to_string())
             }
+            vmshift_runner::RunnerError::Refused(_) => Problem::bad_request(e.to_string()),
             _ => Problem::internal(e.to_string()),
         }
     }

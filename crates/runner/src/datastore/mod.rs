@@ -5,8 +5,10 @@
 
 mod config;
 mod probe;
+mod resolve;
 mod usage;
 
 pub use config::{DatastoreConfig, DatastoreKind};
 pub use probe::{latency, probe, Latency, ProbeMethod, LATENCY_CACHE_FILE, LATENCY_MAX_AGE};
-pub use usage::{usage, Usage};
+pub use resolve::{resolve_request, resolve_to};
+pub use usage::{images, usage, Usage};

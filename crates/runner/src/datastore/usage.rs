@@ -50,6 +50,19 @@ pub fn usage(root: &Path, skip: Option<&Path>) -> Result<Usage> {
     })
 }
 
+/// The image files under `root` (as [`usage`] counts them), sorted; nothing below `skip`,
+/// no partial targets (`*.vmshift-partial`).
+pub fn images(root: &Path, skip: Option<&Path>) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    walk(root, skip, 0, &mut |p| {
+        if !p.to_string_lossy().contains(".vmshift-partial") {
+            found.push(p.to_path_buf());
+        }
+    });
+    found.sort();
+    found
+}
+
 /// Image files below `dir`, never below `skip`: the state directory holds the journal,
 /// which only SQLite may open (closing any other descriptor of it drops this process's
 /// SQLite locks, and another process could then delete the journal's WAL under it).

@@ -122,3 +122,51 @@ pub fn info(connect: Option<&str>, name: &str) -> Result<(serde_json::Value, Vec
         Err(NOT_BUILT.to_string())
     }
 }
+
+/// A domain as an evacuation plan sees it: its name, whether it runs, and the local files
+/// its disks name (top images; the chains below are found by inspecting them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDisks {
+    /// The domain's name.
+    pub name: String,
+    /// Running or paused (its disks move live); else shut off (offline).
+    pub running: bool,
+    /// The file and block disks' paths, as the definition names them.
+    pub disks: Vec<std::path::PathBuf>,
+}
+
+/// Every domain of `connect` (default `qemu:///system`) with its disks.
+///
+/// # Errors
+/// One line: no daemon answers, or this vmshift was built without libvirt.
+pub fn all_domains(connect: Option<&str>) -> Result<Vec<DomainDisks>, String> {
+    #[cfg(feature = "libvirt")]
+    {
+        use vmshift_libvirt::DomainState;
+        let lv = vmshift_libvirt::Libvirt::open(connect).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for d in lv.domains().map_err(|e| e.to_string())? {
+            let Ok(state) = d.state() else { continue };
+            let running = matches!(state, DomainState::Running | DomainState::Paused);
+            let Ok(xml) = d.xml(!running) else { continue };
+            let disks = vmshift_libvirt::xml::disks(&xml)
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|x| x.source.path().map(std::path::Path::to_path_buf))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(DomainDisks {
+                name: d.name.clone(),
+                running,
+                disks,
+            });
+        }
+        Ok(out)
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = connect;
+        Err(NOT_BUILT.to_string())
+    }
+}

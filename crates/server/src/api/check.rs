@@ -27,6 +27,7 @@ pub async fn check(
     ApiJson(request): ApiJson<JobRequest>,
 ) -> ApiResult<Json<CheckResult>> {
     blocking(move || {
+        let request = s.runner.resolve(&request)?;
         crate::guard::allowed(&s.gate, &request)?;
         let plan = s.runner.check(&request)?;
         crate::guard::allowed_plan(&s.gate, &plan)?;

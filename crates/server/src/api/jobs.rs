@@ -167,6 +167,7 @@ pub async fn start(
 ) -> ApiResult<Response> {
     let st = s.clone();
     let (id, plan) = blocking(move || {
+        let request = st.runner.resolve(&request)?;
         crate::guard::allowed(&st.gate, &request)?;
         let plan = st.runner.check(&request)?;
         crate::guard::allowed_plan(&st.gate, &plan)?;
