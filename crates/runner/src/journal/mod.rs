@@ -109,11 +109,16 @@ pub fn running_pid(id: &str) -> Option<u32> {
 }
 
 /// A job's status as users see it: a `running` job whose process is gone is `interrupted`.
+/// The record may have been read just before its job ended and let go of its lock (the
+/// final status is journaled before the lock goes): then the journal is read again, so a
+/// job that just succeeded never shows as interrupted.
 pub fn shown_status(j: &JobRecord) -> String {
-    if j.status == "running" && running_pid(&j.id).is_none() {
-        "interrupted".into()
-    } else {
-        j.status.clone()
+    if j.status != "running" || running_pid(&j.id).is_some() {
+        return j.status.clone();
+    }
+    match open_journal().and_then(|jr| Ok(jr.job(&j.id)?)) {
+        Ok(now) if now.status != "running" => now.status,
+        _ => "interrupted".into(),
     }
 }
 
