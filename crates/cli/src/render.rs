@@ -122,15 +122,19 @@ impl Bar {
         if !std::io::stderr().is_terminal() {
             return;
         }
+        // Until the total is known a bar of 0 of 0 would draw full.
+        if p.total_bytes == 0 {
+            return;
+        }
         if self.bar.as_ref().is_none_or(|(l, _)| *l != p.phase) {
             self.clear();
-            let b = ProgressBar::new(0);
+            let b = ProgressBar::new(p.total_bytes);
+            // The rate and ETA are the runner's (bytes this phase moved), not indicatif's
+            // position over time: a verification the copy already did jumps to its end.
             b.set_style(
-                ProgressStyle::with_template(
-                    "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {prefix}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             b.set_message(p.phase.clone());
             self.bar = Some((p.phase.clone(), b));
@@ -138,6 +142,7 @@ impl Bar {
         if let Some((_, b)) = &self.bar {
             b.set_length(p.total_bytes);
             b.set_position(p.done_bytes);
+            b.set_prefix(rate_and_eta(p));
         }
     }
 
@@ -146,4 +151,16 @@ impl Bar {
             b.finish_and_clear();
         }
     }
+}
+
+/// "12.0 MiB/s ETA 40s", or nothing when the phase moved no bytes (no rate to show).
+fn rate_and_eta(p: &vmshift_runner::Progress) -> String {
+    if p.rate_bytes_per_sec == 0 {
+        return String::new();
+    }
+    let eta = p
+        .eta_ms
+        .map(|e| format!(" ETA {}s", e.div_ceil(1000)))
+        .unwrap_or_default();
+    format!("{}/s{eta}", format_bytes(p.rate_bytes_per_sec))
 }

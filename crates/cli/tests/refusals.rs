@@ -185,3 +185,54 @@ fn a_missing_qmp_socket_is_named_once_with_its_cause() {
         "{line}"
     );
 }
+
+#[test]
+fn a_fifo_source_is_refused_without_being_opened() {
+    let ws = Ws::new();
+    let fifo = ws.path("pipe.raw");
+    run("mkfifo", &[p(&fifo)]);
+    let dst = ws.mkdir("dst");
+    for args in [
+        vec!["info", p(&fifo)],
+        vec!["check", p(&fifo), "--to", p(&dst)],
+        vec!["migrate", p(&fifo), "--to", p(&dst)],
+    ] {
+        // Opening a FIFO blocks until a writer comes: a hang here is the bug.
+        let out = ws
+            .vmshift()
+            .args(&args)
+            .timeout(std::time::Duration::from_secs(20))
+            .output()
+            .unwrap();
+        let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("pipe.raw is a FIFO (named pipe), not an image file"),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(listing(&dst).is_empty(), "{:?}", listing(&dst));
+}
+
+#[test]
+fn a_target_in_dev_that_is_no_device_is_refused() {
+    let ws = Ws::new();
+    let src = ws.path("d.raw");
+    std::fs::write(&src, [7u8; 65536]).unwrap();
+    let name = format!("/dev/vmshift-test-{}", std::process::id());
+    for to in [name.as_str(), "/dev/"] {
+        let out = ws
+            .vmshift()
+            .args(["migrate", p(&src), "--to", to])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        assert!(
+            err.contains("lies in /dev, where vmshift creates nothing"),
+            "{err}"
+        );
+    }
+    assert!(!Path::new(&name).exists());
+    assert!(!Path::new("/dev/d.raw").exists());
+}

@@ -125,6 +125,17 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
             "name the image file itself",
         ));
     }
+    // Before anything opens it: opening a FIFO blocks until a writer comes (forever).
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if !meta.is_file() && !meta.file_type().is_block_device_like() {
+            return Err(ImageError::new(
+                "not_a_file",
+                &path,
+                format!("is {}, not an image file", file_kind(&meta.file_type())),
+                "name an image file",
+            ));
+        }
+    }
     let mut format = match opts.top_format {
         Some(f) => f,
         None => detect_top_format(&path)?,
@@ -179,6 +190,22 @@ fn detect_top_format(path: &Path) -> Result<LayerFormat, ImageError> {
 
 /// The layer's metadata, refusing a missing file, a non-file, a loop (`seen` holds the
 /// `(dev, ino)` of the layers above) and a chain deeper than [`MAX_CHAIN_DEPTH`].
+/// "a FIFO (named pipe)", "a socket", "a character device", … for a refusal.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
 fn layer_metadata(
     path: &Path,
     is_backing: bool,
@@ -200,7 +227,7 @@ fn layer_metadata(
         return Err(ImageError::new(
             "not_a_file",
             path,
-            "is not a regular file",
+            format!("is {}, not an image file", file_kind(&meta.file_type())),
             "name an image file",
         ));
     }

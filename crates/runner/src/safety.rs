@@ -147,7 +147,7 @@ fn target_problems(args: &OfflineRequest, target: &Path) -> Vec<Problem> {
                     "target {} is a device; vmshift writes image files only",
                     target.display()
                 ),
-                "name a file on a filesystem (block-device targets are not supported yet)",
+                "name a file on a filesystem; block-device targets are not supported yet",
             ));
         } else if args.overwrite {
             // Replacing a file a VM runs on, or one that other images are built on, loses data.
@@ -175,6 +175,19 @@ fn target_problems(args: &OfflineRequest, target: &Path) -> Vec<Problem> {
                 ));
             }
         }
+    }
+    // /dev holds device nodes on a RAM file system: a new "image" there (a mistyped device
+    // name) would fill memory and look like a device to the next reader.
+    let parent = target.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    if out.is_empty() && parent.is_some_and(|d| d.starts_with("/dev")) {
+        out.push(Problem::new(
+            "target_device",
+            format!(
+                "target {} is not a device and lies in /dev, where vmshift creates nothing",
+                target.display()
+            ),
+            "check the device name, or name a file on a filesystem; block-device targets are not supported yet",
+        ));
     }
 
     out
