@@ -24,6 +24,15 @@ pub fn format_of_name(path: &Path) -> Option<LayerFormat> {
     }
 }
 
+/// An image format vmshift reads nowhere and writes never, as its file name says it
+/// (`.vmdk`, `.vhdx`, `.vhd`, `.vdi`, `.qed`, `.vpc`).
+fn foreign_format_of_name(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    ["vmdk", "vhdx", "vhd", "vdi", "qed", "vpc"]
+        .into_iter()
+        .find(|f| *f == ext)
+}
+
 /// Refuses a source whose header says one format and whose name says another (a raw disk
 /// whose guest wrote a qcow2 header, a `.qcow2` without qcow2 magic). Only consulted when the
 /// operator did not state the format.
@@ -164,6 +173,18 @@ fn looks_like_text(head: &[u8]) -> bool {
 /// # Errors
 /// `target_name_format` naming the target and both formats.
 pub fn check_target_name(target: &Path, format: LayerFormat) -> Result<(), ImageError> {
+    // Names of formats vmshift does not write: a .vmdk holding qcow2 misleads every reader.
+    if let Some(other) = foreign_format_of_name(target) {
+        return Err(ImageError::new(
+            "target_name_format",
+            target,
+            format!(
+                "would hold a {} image under a name that says {other}, a format vmshift does not write",
+                format.as_str()
+            ),
+            format!("name the target .{}", format.as_str()),
+        ));
+    }
     match format_of_name(target) {
         Some(named) if named != format => Err(ImageError::new(
             "target_name_format",
@@ -223,6 +244,9 @@ mod tests {
         assert!(check_target_name(Path::new("/t/a.qcow2"), LayerFormat::Raw).is_err());
         assert!(check_target_name(Path::new("/t/a.qcow2"), LayerFormat::Qcow2).is_ok());
         assert!(check_target_name(Path::new("/t/a"), LayerFormat::Raw).is_ok());
+        let e = check_target_name(Path::new("/t/a.VMDK"), LayerFormat::Qcow2).unwrap_err();
+        assert!(e.to_string().contains("says vmdk, a format vmshift does not write"), "{e}");
+        assert!(check_target_name(Path::new("/t/a.vhdx"), LayerFormat::Raw).is_err());
     }
 
     #[test]
