@@ -27,7 +27,12 @@ fn ctrl_c_keeps_the_partial_and_resume_with_its_own_bwlimit_finishes_it() {
         let report = last_report(&out);
         assert_eq!(report["status"], "interrupted", "{report}");
         let err = stderr(&out);
-        assert!(err.contains("interrupted: Ctrl-C or SIGTERM"), "{err}");
+        // Said once: the status, then how it stopped.
+        assert!(
+            err.contains("vmshift: interrupted: stopped at a chunk boundary by Ctrl-C or SIGTERM"),
+            "{err}"
+        );
+        assert_eq!(err.matches("interrupted").count(), 1, "{err}");
         assert!(err.contains("`vmshift resume"), "{err}");
         let partial = dst.join("web01.raw.vmshift-partial");
         assert!(partial.exists(), "{sig:?}: the partial target was removed");

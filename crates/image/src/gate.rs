@@ -245,7 +245,11 @@ mod tests {
         assert!(check_target_name(Path::new("/t/a.qcow2"), LayerFormat::Qcow2).is_ok());
         assert!(check_target_name(Path::new("/t/a"), LayerFormat::Raw).is_ok());
         let e = check_target_name(Path::new("/t/a.VMDK"), LayerFormat::Qcow2).unwrap_err();
-        assert!(e.to_string().contains("says vmdk, a format vmshift does not write"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("says vmdk, a format vmshift does not write"),
+            "{e}"
+        );
         assert!(check_target_name(Path::new("/t/a.vhdx"), LayerFormat::Raw).is_err());
     }
 

@@ -616,7 +616,7 @@ fn a_bandwidth_limit_raised_mid_mirror_speeds_the_copy_up() {
     assert!(
         notes
             .iter()
-            .any(|n| n.contains("bandwidth limit changed to")),
+            .any(|n| n.contains("64.0 MiB/s applied to the mirrors of vd0")),
         "{notes:?}"
     );
     let mut vm = vm;

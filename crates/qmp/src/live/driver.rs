@@ -101,10 +101,24 @@ impl<'a> Driver<'a> {
             at_ms: ms(self.t0.elapsed()),
             bytes_per_sec: want,
         });
+        // The runner already said the limit changed; this confirms QEMU took it, per mirror.
+        let devices: Vec<&str> = self
+            .runs
+            .iter()
+            .filter(|r| r.job_started)
+            .map(|r| r.planned.disk.device.as_str())
+            .collect();
         Some(if want == 0 {
-            "bandwidth limit lifted".to_owned()
+            format!(
+                "no bandwidth limit on the mirrors of {}",
+                devices.join(", ")
+            )
         } else {
-            format!("bandwidth limit changed to {}/s", format_bytes(want))
+            format!(
+                "{}/s applied to the mirrors of {}",
+                format_bytes(want),
+                devices.join(", ")
+            )
         })
     }
 
@@ -511,7 +525,12 @@ impl<'a> Driver<'a> {
         cb: &mut dyn FnMut(&LiveProgress),
     ) -> LiveError {
         tracing::warn!(%cause, "live migration failed before the pivot; cleaning up");
-        self.report("cleanup", Some(cause.to_string()), cb);
+        // The cause is the job's closing line; this note says what happens meanwhile.
+        self.report(
+            "cleanup",
+            Some("ending the mirrors and removing the targets".to_string()),
+            cb,
+        );
         let all: Vec<usize> = (0..self.runs.len()).collect();
         let problems = undo(qmp, &mut self.runs, &all);
         if problems.is_empty() {

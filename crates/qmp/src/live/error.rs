@@ -67,7 +67,7 @@ pub enum LiveError {
         mode: CopyMode,
     },
     /// The operator cancelled.
-    #[error("cancelled by the operator")]
+    #[error("stopped by the operator (vmshift cancel, Ctrl-C or SIGTERM)")]
     Cancelled,
     /// The pivot of a disk failed; disks listed in `pivoted` already run on their targets.
     #[error("pivot of {device} failed: {message} (already pivoted: {pivoted:?})")]

@@ -33,10 +33,14 @@ pub fn connect(sock: &Path) -> Result<Qmp> {
             }
             _ => "",
         };
-        RunnerError::msg(format!(
-            "cannot talk to QEMU at {}: {e}{hint}",
-            sock.display()
-        ))
+        // Say the socket once: most QMP errors name it already.
+        let e = e.to_string();
+        let at = sock.display().to_string();
+        RunnerError::msg(if e.contains(&at) {
+            format!("cannot talk to QEMU: {e}{hint}")
+        } else {
+            format!("cannot talk to QEMU at {at}: {e}{hint}")
+        })
     })?;
     q.set_timeout(Duration::from_secs(60));
     Ok(q)

@@ -230,14 +230,11 @@ impl Run<'_> {
                 report.bytes_copied = counters.copied.load(Ordering::Relaxed);
                 report.bytes_skipped_zero = counters.skipped.load(Ordering::Relaxed);
                 report.data_bytes = counters.done.load(Ordering::Relaxed);
-                return Err(format!(
-                    "{e}{}",
-                    failure_hint(
-                        &e,
-                        guard.keep,
-                        self.link.is_some(),
-                        self.ctx.control.is_interrupted()
-                    )
+                return Err(failure_message(
+                    &e,
+                    guard.keep,
+                    self.link.is_some(),
+                    self.ctx.control.is_interrupted(),
                 ));
             }
         };
@@ -399,12 +396,26 @@ fn progress_total(extents: &[vmshift_core::Extent], chunk: u64, size: u64) -> u6
     vmshift_copy::plan::data_bytes(extents, &units, chunk, size)
 }
 
-/// What the failure message adds about the partial target and what to do next.
-fn failure_hint(e: &CopyError, kept: bool, journaled: bool, interrupted: bool) -> &'static str {
+/// The copy's failure as one line: what happened, the partial target and what to do next.
+/// A stop says only how it came (the job's status already says interrupted or cancelled).
+fn failure_message(e: &CopyError, kept: bool, journaled: bool, interrupted: bool) -> String {
     match (e, kept) {
         (CopyError::Cancelled, true) if interrupted => {
-            " at a chunk boundary (interrupted: Ctrl-C or SIGTERM); the source is untouched and the partial target was kept"
+            "stopped at a chunk boundary by Ctrl-C or SIGTERM; the source is untouched and the partial target was kept".into()
         }
+        (CopyError::Cancelled, true) => {
+            "stopped at a chunk boundary (vmshift cancel or a signal); the source is untouched and the partial target was kept".into()
+        }
+        (CopyError::Cancelled, false) => {
+            "stopped at a chunk boundary (vmshift cancel or a signal); the source is untouched and the partial target was removed".into()
+        }
+        _ => format!("{e}{}", failure_hint(e, kept, journaled)),
+    }
+}
+
+/// What a copy error's message adds about the partial target and what to do next.
+fn failure_hint(e: &CopyError, kept: bool, journaled: bool) -> &'static str {
+    match (e, kept) {
         // No journal (--no-journal): nothing to resume.
         (e, false) if e.is_no_space() && !journaled => {
             " (the destination ran out of space; the partial target was removed: free space, then migrate again)"
@@ -414,12 +425,6 @@ fn failure_hint(e: &CopyError, kept: bool, journaled: bool, interrupted: bool) -
         }
         (e, true) if e.is_no_space() => {
             " (the destination ran out of space; the partial target was kept: free space, then `vmshift resume`)"
-        }
-        (CopyError::Cancelled, true) => {
-            " at a chunk boundary (signal or vmshift cancel); the source is untouched and the partial target was kept"
-        }
-        (CopyError::Cancelled, false) => {
-            " at a chunk boundary (signal or vmshift cancel); the source is untouched and the partial target was removed"
         }
         (_, true) => " (the partial target was kept: fix the cause, then `vmshift resume`)",
         (_, false) => "",
