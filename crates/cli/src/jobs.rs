@@ -155,7 +155,7 @@ pub fn run_status(id: &str, json_out: bool) -> Result<ExitCode> {
     let j = read_journal()?.ok_or_else(|| {
         anyhow!("no job {id}: the journal does not exist yet (no job has run with this state directory)")
     })?;
-    let job = j.job(id)?;
+    let job = vmshift_runner::journal::settled(&j, j.job(id)?);
     let phases = j.phases(&job.id)?;
     // A journal written before bandwidth changes existed has no such table: none then.
     let changes = j.bwlimit_changes(&job.id).unwrap_or_default();

@@ -3,7 +3,7 @@
 //! lock.
 
 use vmshift_journal::jobs::NewJob;
-use vmshift_runner::journal::{open_journal, shown_status};
+use vmshift_runner::journal::{open_journal, settled, shown_status};
 
 #[test]
 fn a_stale_running_record_shows_the_journaled_status_and_a_dead_job_shows_interrupted() {
@@ -27,8 +27,15 @@ fn a_stale_running_record_shows_the_journaled_status_and_a_dead_job_shows_interr
     // Read while running, then the job ends (and nobody holds its lock).
     let stale = j.job("ended").unwrap();
     assert_eq!(stale.status, "running");
+    j.set_report("ended", "/state/reports/ended.json").unwrap();
     j.set_status("ended", "succeeded", None).unwrap();
     assert_eq!(shown_status(&stale), "succeeded");
+    // The whole record, not the new status over the old report.
+    let now = settled(&j, stale);
+    assert_eq!(
+        (now.status.as_str(), now.report.as_deref()),
+        ("succeeded", Some("/state/reports/ended.json"))
+    );
     // Still running in the journal with no process holding it: interrupted.
     assert_eq!(shown_status(&j.job("dead").unwrap()), "interrupted");
 }

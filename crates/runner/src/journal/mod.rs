@@ -122,6 +122,16 @@ pub fn shown_status(j: &JobRecord) -> String {
     }
 }
 
+/// `rec` as the journal has it now when it was read just before its job ended (a
+/// `running` record no process holds): its final status, report and error, not a mix of
+/// the old record and the new status.
+pub fn settled(journal: &Journal, rec: JobRecord) -> JobRecord {
+    if rec.status != "running" || running_pid(&rec.id).is_some() {
+        return rec;
+    }
+    journal.job(&rec.id).unwrap_or(rec)
+}
+
 /// A job as JSON, as `vmshift jobs --json` and `GET /api/v1/jobs` show it: id, kind,
 /// source, destination, status (as [`shown_status`]), journaled `progress` {done_bytes,
 /// total_bytes}, times (RFC 3339), error, partial target, pid, runs, report path; a running

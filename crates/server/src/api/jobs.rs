@@ -131,6 +131,7 @@ pub async fn show(
     blocking(move || {
         let j = vmshift_runner::journal::open_journal()?;
         let job = j.job(&id).map_err(vmshift_runner::RunnerError::from)?;
+        let job = vmshift_runner::journal::settled(&j, job);
         let mut v = job_json(&job, &j);
         v["phases"] = json!(j.phases(&job.id).unwrap_or_default());
         v["deliveries"] = json!(j.deliveries(&job.id).unwrap_or_default());
