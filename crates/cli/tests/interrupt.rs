@@ -26,6 +26,14 @@ fn ctrl_c_keeps_the_partial_and_resume_with_its_own_bwlimit_finishes_it() {
         assert_eq!(out.status.code(), Some(1), "{sig:?}: {}", stderr(&out));
         let report = last_report(&out);
         assert_eq!(report["status"], "interrupted", "{report}");
+        // The rate of what it copied before it stopped, not 0.
+        let rate = report["throughput_bytes_per_sec"].as_u64().unwrap() as f64;
+        let copied = report["bytes_copied"].as_u64().unwrap() as f64;
+        let secs = report["phases"][1]["duration_ms"].as_u64().unwrap() as f64 / 1000.0;
+        assert!(
+            copied > 0.0 && (rate / (copied / secs) - 1.0).abs() < 0.2,
+            "{report}"
+        );
         let err = stderr(&out);
         // Said once: the status, then how it stopped.
         assert!(

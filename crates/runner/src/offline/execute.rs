@@ -230,6 +230,11 @@ impl Run<'_> {
                 report.bytes_copied = counters.copied.load(Ordering::Relaxed);
                 report.bytes_skipped_zero = counters.skipped.load(Ordering::Relaxed);
                 report.data_bytes = counters.done.load(Ordering::Relaxed);
+                // What this run wrote before it stopped, over its time.
+                report.throughput_bytes_per_sec = vmshift_core::rate_bytes_per_sec(
+                    report.bytes_copied,
+                    copy_started.elapsed().as_secs_f64().max(1e-3),
+                );
                 return Err(failure_message(
                     &e,
                     guard.keep,
