@@ -168,6 +168,8 @@ pub(crate) fn run_migrate_with(
         kind: JobKind::Live,
         resumed: None,
     });
+    // As offline: the id `status`, `set` and `cancel` take, before the (long) copy.
+    em.say(format!("vmshift: job {job_id}"));
     let mut clock = PhaseClock::new(em);
     let mut _locks = Vec::new();
     clock.enter(Phase::Check);
