@@ -191,7 +191,7 @@ pub enum Command {
         json: bool,
         /// Bandwidth limit for this run, e.g. 50M (binary units: MiB/s; 0: none), instead of
         /// the one the job recorded.
-        #[arg(long, value_parser = parse_size_arg)]
+        #[arg(long, value_parser = parse_size_arg, allow_hyphen_values = true)]
         bwlimit: Option<u64>,
     },
     /// Stop a running job at the next chunk boundary (or close an interrupted one).
@@ -208,7 +208,7 @@ pub enum Command {
         /// Job id or a unique prefix of it.
         job: String,
         /// New bandwidth limit, e.g. 20M (binary units: MiB/s); 0 lifts it.
-        #[arg(long, value_parser = parse_size_arg)]
+        #[arg(long, value_parser = parse_size_arg, allow_hyphen_values = true)]
         bwlimit: u64,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -224,7 +224,7 @@ pub enum Command {
         json: bool,
         /// Bandwidth limit of a live move back, e.g. 50M (binary units; 0: none), instead of
         /// the one the job recorded.
-        #[arg(long, value_parser = parse_size_arg)]
+        #[arg(long, value_parser = parse_size_arg, allow_hyphen_values = true)]
         bwlimit: Option<u64>,
     },
     /// Run the HTTP service: REST API under /api/v1, a live dashboard at /, Prometheus
@@ -347,7 +347,7 @@ pub struct MigrateArgs {
     #[arg(long, visible_alias = "shallow")]
     pub keep_backing: bool,
     /// Bandwidth limit, e.g. 50M (binary units: MiB/s).
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size_arg, allow_hyphen_values = true)]
     pub bwlimit: Option<u64>,
     /// Skip verification (the report says so).
     #[arg(long, conflicts_with_all = ["qmp", "domain"])]

@@ -236,3 +236,26 @@ fn a_target_in_dev_that_is_no_device_is_refused() {
     assert!(!Path::new(&name).exists());
     assert!(!Path::new("/dev/d.raw").exists());
 }
+
+#[test]
+fn a_negative_bandwidth_limit_is_named_as_a_bad_size_not_an_unknown_flag() {
+    let ws = Ws::new();
+    let src = ws.path("d.raw");
+    std::fs::write(&src, [7u8; 4096]).unwrap();
+    let out = ws
+        .vmshift()
+        .args([
+            "migrate",
+            p(&src),
+            "--to",
+            p(ws.dir.path()),
+            "--bwlimit",
+            "-5M",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("invalid size \"-5M\""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

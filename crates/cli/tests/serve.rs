@@ -246,6 +246,12 @@ fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
     // The read token's attempt was refused, not logged as a call; the operate ones were.
     let log = svc.stderr.lock().unwrap().clone();
     assert!(!log.contains("by token viewer"), "{log}");
+    assert!(log.contains("POST /api/v1/jobs by token ops: 4"), "{log}");
+    // A method the route does not have reached no handler: not logged as a call.
+    let (s, _, _) = svc.call("DELETE", "/api/v1/jobs", Some(OPERATE), None);
+    assert_eq!(s, 405);
+    let log = svc.stderr.lock().unwrap().clone();
+    assert!(!log.contains("DELETE /api/v1/jobs by token"), "{log}");
 }
 
 #[test]

@@ -86,14 +86,19 @@ pub async fn require_token(State(s): Shared, mut req: Request, next: Next) -> Re
             ))
             .into_response();
         }
+    }
+    let (method, name) = (req.method().clone(), caller.name.clone());
+    req.extensions_mut().insert(caller);
+    let resp = next.run(req).await;
+    // A call that reached a handler, with its answer (a 404 or 405 touched nothing).
+    let status = resp.status();
+    if mutating && status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED {
         eprintln!(
-            "vmshift serve: {} {path} by token {}",
-            req.method(),
-            caller.name
+            "vmshift serve: {method} {path} by token {name}: {}",
+            status.as_u16()
         );
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    resp
 }
 
 /// A JSON body whose rejections are problem details with the right status (400 bad JSON
