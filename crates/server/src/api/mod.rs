@@ -76,16 +76,14 @@ pub async fn require_token(State(s): Shared, mut req: Request, next: Next) -> Re
     // tokens may see plans too.
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         && path != "/api/v1/check";
-    if mutating {
-        if caller.role != Role::Operate {
-            return Problem::forbidden(format!(
-                "token {} has the read role: {} {} needs an operate token",
-                caller.name,
-                req.method(),
-                path
-            ))
-            .into_response();
-        }
+    if mutating && caller.role != Role::Operate {
+        return Problem::forbidden(format!(
+            "token {} has the read role: {} {} needs an operate token",
+            caller.name,
+            req.method(),
+            path
+        ))
+        .into_response();
     }
     let (method, name) = (req.method().clone(), caller.name.clone());
     req.extensions_mut().insert(caller);
