@@ -154,7 +154,7 @@ fn bad_requests_get_problems_with_the_right_status_and_start_nothing() {
             Some(READ),
             None,
             404,
-            "no job",
+            "no job 01a00000-0000-7000-8000-000000000000: GET /api/v1/jobs?all=true lists",
         ),
         (
             "POST",

@@ -73,11 +73,16 @@ impl From<vmshift_runner::RunnerError> for Problem {
     fn from(e: vmshift_runner::RunnerError) -> Problem {
         use vmshift_journal::JournalError;
         match &e {
-            vmshift_runner::RunnerError::Journal(JournalError::NoSuchJob { .. }) => {
-                Problem::not_found(e.to_string())
+            // In the API's words: neither the service's journal path nor a CLI command.
+            vmshift_runner::RunnerError::Journal(JournalError::NoSuchJob { id, .. }) => {
+                Problem::not_found(format!(
+                    "no job {id}: GET /api/v1/jobs?all=true lists the known jobs"
+                ))
             }
-            vmshift_runner::RunnerError::Journal(JournalError::Ambiguous { .. }) => {
-                Problem::bad_request(e.to_string())
+            vmshift_runner::RunnerError::Journal(JournalError::Ambiguous { id, count, .. }) => {
+                Problem::bad_request(format!(
+                    "job id prefix {id} matches {count} jobs: give more characters"
+                ))
             }
             vmshift_runner::RunnerError::Refused(_) => Problem::bad_request(e.to_string()),
             _ => Problem::internal(e.to_string()),
