@@ -33,7 +33,12 @@ fn missing_backing_file_is_refused() {
     qemu_img(&["create", "-q", "-f", "qcow2", p(&base), "8M"]);
     overlay(ws.dir.path(), "base.qcow2", "top.qcow2");
     std::fs::remove_file(&base).unwrap();
-    assert_refused(&ws, &top, &[], "base.qcow2 cannot be opened");
+    assert_refused(
+        &ws,
+        &top,
+        &[],
+        "base.qcow2 cannot be opened: No such file or directory (os error 2); it is the backing file of ",
+    );
 }
 
 #[test]

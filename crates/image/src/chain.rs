@@ -141,7 +141,8 @@ pub fn resolve_chain(top: &Path, opts: &ChainOptions) -> Result<Chain, ImageErro
         None => detect_top_format(&path)?,
     };
     loop {
-        let meta = layer_metadata(&path, recorded.is_some(), &mut seen, layers.len())?;
+        let referrer = layers.last().map(|l: &Layer| l.path.clone());
+        let meta = layer_metadata(&path, referrer.as_deref(), &mut seen, layers.len())?;
         let stated = layers.is_empty() && opts.top_format.is_some();
         let header = read_header(&path, format, stated)?;
         let next = header.as_ref().and_then(|h| {
@@ -188,8 +189,6 @@ fn detect_top_format(path: &Path) -> Result<LayerFormat, ImageError> {
     }
 }
 
-/// The layer's metadata, refusing a missing file, a non-file, a loop (`seen` holds the
-/// `(dev, ino)` of the layers above) and a chain deeper than [`MAX_CHAIN_DEPTH`].
 /// "a FIFO (named pipe)", "a socket", "a character device", … for a refusal.
 fn file_kind(t: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -206,22 +205,31 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// The layer's metadata, refusing a missing file, a non-file, a loop (`seen` holds the
+/// `(dev, ino)` of the layers above) and a chain deeper than [`MAX_CHAIN_DEPTH`].
+/// `referrer` is the layer whose backing file this is.
 fn layer_metadata(
     path: &Path,
-    is_backing: bool,
+    referrer: Option<&Path>,
     seen: &mut HashSet<(u64, u64)>,
     depth: usize,
 ) -> Result<std::fs::Metadata, ImageError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        let (code, hint) = if is_backing {
-            (
-                "backing_missing",
-                "restore the backing file or rebase the image (qemu-img rebase)",
-            )
-        } else {
-            ("unreadable", "check the path and permissions")
-        };
-        ImageError::new(code, path, format!("cannot be opened: {e}"), hint)
+    let meta = std::fs::metadata(path).map_err(|e| match referrer {
+        Some(r) => ImageError::new(
+            "backing_missing",
+            path,
+            format!(
+                "cannot be opened: {e}; it is the backing file of {}",
+                r.display()
+            ),
+            "restore the backing file, or rebase the image with qemu-img rebase",
+        ),
+        None => ImageError::new(
+            "unreadable",
+            path,
+            format!("cannot be opened: {e}"),
+            "check the path and permissions",
+        ),
     })?;
     if !meta.is_file() && !meta.file_type().is_block_device_like() {
         return Err(ImageError::new(
