@@ -337,17 +337,21 @@ impl Report {
     /// The verification result, digests and first mismatch.
     fn write_verification(&self, md: &mut String) {
         let v = &self.verification;
-        let _ = writeln!(
-            md,
-            "Verification ({}): **{}** over {} guest bytes",
-            if v.algorithm.is_empty() {
-                "none"
-            } else {
-                &v.algorithm
-            },
-            v.result,
-            v.verified_bytes
-        );
+        let algorithm = if v.algorithm.is_empty() {
+            "none"
+        } else {
+            &v.algorithm
+        };
+        // Nothing was hashed: no byte count to claim.
+        let _ = if v.verified_bytes == 0 {
+            writeln!(md, "Verification ({algorithm}): **{}**", v.result)
+        } else {
+            writeln!(
+                md,
+                "Verification ({algorithm}): **{}** over {} guest bytes",
+                v.result, v.verified_bytes
+            )
+        };
         if !v.source_digest.is_empty() {
             let _ = writeln!(
                 md,

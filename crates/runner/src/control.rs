@@ -63,9 +63,15 @@ pub(crate) fn cancel(ctx: &JobCtx, id: &str, keep_partial: bool) -> Result<ExitC
             std::thread::sleep(Duration::from_millis(50));
         }
         let after = j.job(&job.id)?;
+        // A live job has no partial target (its targets are QEMU's, removed by the job).
+        let partial = if after.partial.is_empty() || after.partial_state == "none" {
+            String::new()
+        } else {
+            format!("; partial target {}", after.partial_state)
+        };
         ctx.em.say(format!(
-            "vmshift: job {} is {}; partial target {}",
-            after.id, after.status, after.partial_state
+            "vmshift: job {} is {}{partial}",
+            after.id, after.status
         ));
         return Ok(if after.status == "cancelled" { 0 } else { 1 });
     }
