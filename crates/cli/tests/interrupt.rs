@@ -63,6 +63,15 @@ fn ctrl_c_keeps_the_partial_and_resume_with_its_own_bwlimit_finishes_it() {
             .filter(|e| e["event"] == "progress" && e["phase"] == "copy")
             .collect();
         let reused = r["bytes_reused"].as_u64().unwrap();
+        // The plan says how much of it is already there.
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "reused       {:.1} MiB of it from earlier runs",
+                reused as f64 / M as f64
+            )),
+            "{reused} {err}"
+        );
         let first = copy
             .iter()
             .find(|e| e["total_bytes"] == 48 * M)

@@ -214,6 +214,15 @@ pub(crate) fn run_job(
         for l in plan_lines(&c) {
             em.say(l);
         }
+        // The plan counts the whole image; a resume copies only what no checkpoint holds.
+        if let Some(r) = resuming.as_ref().filter(|r| !r.chunks.is_empty()) {
+            let reused: u64 = r.chunks.iter().map(|ch| ch.data).sum();
+            em.say(format!(
+                "reused       {} of it from earlier runs ({} journaled chunks); the rest is copied now",
+                vmshift_core::format_bytes(reused),
+                r.chunks.len()
+            ));
+        }
         let run = super::execute::Run {
             args,
             c: &c,
