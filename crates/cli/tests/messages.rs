@@ -162,7 +162,7 @@ fn command_line_mistakes_are_one_line_with_the_usage_and_exit_2() {
         ),
         (
             &["migrate"][..],
-            "required arguments were not provided: --to <TO>, <SOURCE>",
+            "required arguments were not provided: --to <DIR|FILE|DATASTORE>, <SOURCE>",
         ),
         (
             &["migrate", "a", "--to", "b", "--bwlimit", "xx"][..],
