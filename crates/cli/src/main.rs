@@ -65,9 +65,7 @@ fn run(
         Command::Check(_) | Command::Migrate(_) | Command::Evacuate { .. } => {
             match config.as_deref() {
                 Some(p) => Runner::with_datastores(
-                    vmshift_server::config::ConfigFile::read(p)
-                        .map_err(anyhow::Error::msg)?
-                        .datastores,
+                    vmshift_server::config::read_datastores(p).map_err(anyhow::Error::msg)?,
                 ),
                 None => Runner::new(),
             }

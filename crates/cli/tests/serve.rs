@@ -505,7 +505,10 @@ fn a_job_started_over_http_outlives_a_restart_and_resumes_from_its_checkpoint() 
     assert_eq!(job["status"], "interrupted", "{job}");
     assert_eq!(job["partial_state"], "kept", "{job}");
     assert!(
-        job["error"].as_str().unwrap().contains("interrupted"),
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped at a chunk boundary by Ctrl-C or SIGTERM"),
         "{job}"
     );
     let done_before = job["progress"]["done_bytes"].as_u64().unwrap();

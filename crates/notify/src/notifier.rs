@@ -585,15 +585,11 @@ impl Abandoned {
                         format!("{n} notifications ({})", kinds.join(", "))
                     }
                 };
+                // An attempt still waiting for its answer is not counted: say nothing then.
                 let tried = match g.attempts {
-                    0 => "before its first attempt".to_string(),
-                    1 => "after 1 attempt".to_string(),
-                    n => format!("after {n} attempts"),
-                };
-                let tried = if g.events.len() > 1 && g.attempts == 0 {
-                    "before any attempt".to_string()
-                } else {
-                    tried
+                    0 => String::new(),
+                    1 => " after 1 failed attempt".to_string(),
+                    n => format!(" after {n} failed attempts"),
                 };
                 let last = g
                     .last_error
@@ -601,7 +597,7 @@ impl Abandoned {
                     .map(|l| format!(" (last attempt: {l})"))
                     .unwrap_or_default();
                 format!(
-                    "{}: {what} of job {} abandoned {tried}: {why}{last}",
+                    "{}: {what} of job {} abandoned{tried}: {why}{last}",
                     g.target, g.job_id
                 )
             })
@@ -663,10 +659,10 @@ mod tests {
             "{abandoned:?}"
         );
         assert!(
-            abandoned[0].contains("of job j1 abandoned "),
+            abandoned[0].contains("of job j1 abandoned: "),
             "{abandoned:?}"
         );
-        assert!(!abandoned[0].contains("after 0 attempts"), "{abandoned:?}");
+        assert!(!abandoned[0].contains("0 failed attempts"), "{abandoned:?}");
         assert!(problems[0].starts_with("notification stuck: job.phase of job j1 dropped"));
         let j = Journal::open(&state.path().join("journal.sqlite")).unwrap();
         let d = j.deliveries("j1").unwrap();

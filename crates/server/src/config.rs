@@ -133,7 +133,29 @@ impl ConfigFile {
     }
 }
 
-fn parse(p: &Path, text: &str) -> Result<ConfigFile, String> {
+/// The `datastores` of a configuration file, whatever else it holds (the job commands read
+/// only these and `[notify]`; `serve` checks every key).
+#[derive(Deserialize)]
+struct DatastoresOnly {
+    #[serde(default)]
+    datastores: Vec<DatastoreConfig>,
+}
+
+/// Reads only the `datastores` of the configuration at `p`, as the job commands need them.
+///
+/// # Errors
+/// One line naming the file (and the line) when it cannot be read, is not TOML, or a
+/// datastore entry is wrong or repeated.
+pub fn read_datastores(p: &Path) -> Result<Vec<DatastoreConfig>, String> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| format!("cannot read the configuration {}: {e}", p.display()))?;
+    let file: DatastoresOnly = parse(p, &text)?;
+    DatastoreConfig::check_list(&file.datastores)
+        .map_err(|e| format!("configuration {}: {e}", p.display()))?;
+    Ok(file.datastores)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(p: &Path, text: &str) -> Result<T, String> {
     toml::from_str(text).map_err(|e| {
         let msg = e.message().to_string();
         let at = e
