@@ -4,6 +4,7 @@
 //! when each group goes. Running the plan (a batch job whose children are the moves) is the
 //! next step.
 
+mod found;
 pub mod plan;
 
 pub use plan::{build, EvacuateRequest, EvacuationPlan};

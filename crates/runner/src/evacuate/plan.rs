@@ -4,13 +4,14 @@
 //! inspection, libvirt's domains) by [`build`]; the decisions are `vmshift_core`'s.
 
 use crate::datastore::{self, DatastoreConfig, LATENCY_MAX_AGE};
-use crate::files::allocated_bytes;
 use crate::{Result, RunnerError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use vmshift_core::placement::{self, Datastore, Image};
 use vmshift_core::schedule::{self, Caps};
+
+use super::found::{inspect, recorded_backing, Found};
 
 /// What to evacuate, and where to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,18 +140,6 @@ pub struct EvacuationPlan {
     pub datastores: Vec<Space>,
     /// Things worth knowing (a target left out, an image not inspected).
     pub notes: Vec<String>,
-}
-
-/// An image on the source, as inspected.
-struct Found {
-    path: PathBuf,
-    format: String,
-    virtual_size: u64,
-    allocated: u64,
-    /// Its backing layers that lie on the source (canonical paths).
-    backing_here: Vec<PathBuf>,
-    /// Why it cannot be planned (inspection failed).
-    problem: Option<String>,
 }
 
 /// Plans the evacuation `r` over the configured `datastores`; `state_dir` is skipped by the
@@ -542,77 +531,6 @@ pub fn build(
         datastores: spaces,
         notes,
     })
-}
-
-/// Inspects `path`: format, sizes, and the layers of its backing chain under `source_root`.
-fn inspect(path: &Path, source_root: &Path) -> Found {
-    let i = vmshift_image::inspect(
-        path,
-        &vmshift_image::InspectOptions {
-            chain: vmshift_image::ChainOptions::default(),
-            walk_extents: false,
-        },
-    );
-    let problem = if i.chain.is_none() {
-        Some(i.info.problems.first().map_or_else(
-            || "its backing chain cannot be resolved".into(),
-            |p| p.message.clone(),
-        ))
-    } else {
-        None
-    };
-    let backing_here = i
-        .info
-        .backing_chain
-        .iter()
-        .map(|l| std::fs::canonicalize(&l.path).unwrap_or_else(|_| PathBuf::from(&l.path)))
-        .filter(|p| p.starts_with(source_root))
-        .collect();
-    Found {
-        path: path.to_path_buf(),
-        format: i.info.format.clone(),
-        virtual_size: i.info.virtual_size,
-        allocated: allocated_bytes(path),
-        backing_here,
-        problem,
-    }
-}
-
-/// The backing files `path` names, layer by layer (up to 16), as canonical paths: read
-/// from the qcow2 headers' backing names only, never opened as images.
-fn recorded_backing(path: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    let mut cur = path.to_path_buf();
-    for _ in 0..16 {
-        let Some(name) = backing_name(&cur) else {
-            break;
-        };
-        let dir = cur.parent().unwrap_or(Path::new("/"));
-        let Ok(next) = std::fs::canonicalize(dir.join(name)) else {
-            break;
-        };
-        if out.contains(&next) {
-            break;
-        }
-        out.push(next.clone());
-        cur = next;
-    }
-    out
-}
-
-/// The backing file name a qcow2 header records (it lies in the first cluster, ≤ 2 MiB;
-/// the first 64 KiB hold it for every image qemu-img makes).
-fn backing_name(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(64 << 10)
-        .read_to_end(&mut head)
-        .ok()?;
-    vmshift_image::header::Qcow2Header::parse(&head)
-        .ok()?
-        .backing_file
 }
 
 /// Disjoint sets over `0..n`.
