@@ -124,11 +124,8 @@ impl ConfigFile {
     /// One line naming the file: it cannot be read, is not valid TOML, has an unknown key
     /// or a bad value (with its line), or names a datastore or its root twice.
     pub fn read(p: &Path) -> Result<ConfigFile, String> {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| format!("cannot read the configuration {}: {e}", p.display()))?;
-        let file: ConfigFile = parse(p, &text)?;
-        DatastoreConfig::check_list(&file.datastores)
-            .map_err(|e| format!("configuration {}: {e}", p.display()))?;
+        let file: ConfigFile = read_toml(p)?;
+        check_datastores(p, &file.datastores)?;
         Ok(file)
     }
 }
@@ -147,12 +144,19 @@ struct DatastoresOnly {
 /// One line naming the file (and the line) when it cannot be read, is not TOML, or a
 /// datastore entry is wrong or repeated.
 pub fn read_datastores(p: &Path) -> Result<Vec<DatastoreConfig>, String> {
+    let file: DatastoresOnly = read_toml(p)?;
+    check_datastores(p, &file.datastores)?;
+    Ok(file.datastores)
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(p)
         .map_err(|e| format!("cannot read the configuration {}: {e}", p.display()))?;
-    let file: DatastoresOnly = parse(p, &text)?;
-    DatastoreConfig::check_list(&file.datastores)
-        .map_err(|e| format!("configuration {}: {e}", p.display()))?;
-    Ok(file.datastores)
+    parse(p, &text)
+}
+
+fn check_datastores(p: &Path, list: &[DatastoreConfig]) -> Result<(), String> {
+    DatastoreConfig::check_list(list).map_err(|e| format!("configuration {}: {e}", p.display()))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(p: &Path, text: &str) -> Result<T, String> {

@@ -116,7 +116,7 @@ pub fn shown_status(j: &JobRecord) -> String {
     if j.status != "running" || running_pid(&j.id).is_some() {
         return j.status.clone();
     }
-    match open_journal().and_then(|jr| Ok(jr.job(&j.id)?)) {
+    match open_journal().map(|jr| settled(&jr, j.clone())) {
         Ok(now) if now.status != "running" => now.status,
         _ => "interrupted".into(),
     }
